@@ -1,9 +1,9 @@
 """The `wikigpt` command line (also `python -m wikigpt_lib`).
 
-    wikigpt info                         versions, device and precision, where the data comes from
-    wikigpt tokenize "some text"         show how the course tokenizer (or --tokenizer gpt2) splits text
-    wikigpt bpe --vocab-size 4096 --out my.tiktoken
-                                         train a byte-level BPE on WikiText-2 train and save it
+wikigpt info                         versions, device and precision, where the data comes from
+wikigpt tokenize "some text"         show how the course tokenizer (or --tokenizer gpt2) splits text
+wikigpt bpe --vocab-size 4096 --out my.tiktoken
+                                     train a byte-level BPE on WikiText-2 train and save it
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from wikigpt_lib.tokenizer import TokenizerUnavailableError, get_tokenizer
 
     precision = pick_precision()
-    print(f"wikigpt_lib {__version__} | torch {torch.__version__} | python {sys.version.split()[0]}")
+    print(
+        f"wikigpt_lib {__version__} | torch {torch.__version__} | python {sys.version.split()[0]}"
+    )
     print(f"device: {precision.device} | precision: {precision.name}")
     course = get_tokenizer()
     print(f"course tokenizer: {course.name}, {course.n_vocab} tokens")
@@ -65,7 +67,9 @@ def _cmd_bpe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wikigpt", description="Wiki-GPT: a GPT built from scratch.")
+    parser = argparse.ArgumentParser(
+        prog="wikigpt", description="Wiki-GPT: a GPT built from scratch."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="versions, device, tokenizers and where WikiText-2 comes from")
