@@ -1,6 +1,62 @@
-"""wikigpt_lib: the finished code of the Wiki-GPT course, as a small reusable library."""
+"""wikigpt_lib: the finished code of the Wiki-GPT course, as a small reusable library.
 
+One module per idea, mirroring the notebooks:
+
+    tokenizer   byte-level BPE: the course's trainer, its WikiText-2 tokenizer, GPT-2's  (01)
+    data        loading, cleaning, tokenizing and batching WikiText-2                     (02)
+    attention   scaled dot-product and causal multi-head self-attention                  (03)
+    model       GPTConfig and the GPT model                                               (04)
+    device      device, precision, seeding and quick mode
+"""
+
+from wikigpt_lib.attention import CausalSelfAttention, attention
+from wikigpt_lib.data import (
+    TokenWindowDataset,
+    WikiTextNotFoundError,
+    count_words,
+    detokenize,
+    get_batch,
+    iter_eval_batches,
+    load_wikitext2,
+    split_articles,
+    tokenize_split,
+)
 from wikigpt_lib.device import is_quick, pick_device, pick_precision, quick, seed_everything
+from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.tokenizer import (
+    EOT,
+    TokenizerUnavailableError,
+    get_tokenizer,
+    load_bpe,
+    save_bpe,
+    train_bpe,
+)
 
-__all__ = ["is_quick", "pick_device", "pick_precision", "quick", "seed_everything"]
 __version__ = "0.1.0"
+
+__all__ = [
+    "EOT",
+    "GPT",
+    "CausalSelfAttention",
+    "GPTConfig",
+    "TokenWindowDataset",
+    "TokenizerUnavailableError",
+    "WikiTextNotFoundError",
+    "attention",
+    "count_words",
+    "detokenize",
+    "get_batch",
+    "get_tokenizer",
+    "is_quick",
+    "iter_eval_batches",
+    "load_bpe",
+    "load_wikitext2",
+    "pick_device",
+    "pick_precision",
+    "quick",
+    "save_bpe",
+    "seed_everything",
+    "split_articles",
+    "tokenize_split",
+    "train_bpe",
+]
