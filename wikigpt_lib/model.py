@@ -1,0 +1,290 @@
+"""The GPT model: GPT-2's architecture (pre-LayerNorm blocks, learned positions, tied head).
+
+Parameter names and shapes follow Hugging Face's `GPT2LMHeadModel` (with OpenAI's Conv1D
+weights transposed into `nn.Linear` layout), so GPT-2 checkpoints load straight in
+(`wikigpt_lib.pretrained`) and `GPTConfig.preset("gpt2")` has GPT-2's 124,439,808 parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wikigpt_lib.attention import CausalSelfAttention, _nearest_divisor
+
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss (e.g. masked prompts)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The shape of a GPT. The defaults are the course's CPU model (`GPTConfig.preset("cpu")`).
+
+    vocab_size: number of token ids; block_size: longest sequence (number of positions);
+    n_layer: blocks; n_head: attention heads per block; n_embd: width of the residual
+    stream; dropout: probability used by every dropout layer; bias: biases in the Linear
+    layers and LayerNorms (False: no biases anywhere).
+    """
+
+    vocab_size: int = 8192
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 192
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head "
+                f"gets n_embd / n_head channels. Use e.g. n_head="
+                f"{_nearest_divisor(self.n_embd, self.n_head)} or n_embd="
+                f"{self.n_head * max(1, round(self.n_embd / self.n_head))}."
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}.")
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        """Names accepted by `GPTConfig.preset`."""
+        return list(_PRESETS)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named configuration, optionally changed: `GPTConfig.preset("gpt2", dropout=0.1)`.
+
+        tiny: for tests. cpu: the course model trained on a 2-core CPU in ~15 minutes.
+        gpu: the course model for a GPU. gpt2, gpt2-medium, gpt2-large, gpt2-xl: OpenAI's.
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}.")
+        return cls.from_dict({**_PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Inverse of `to_dict`; missing keys take the defaults, unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown GPTConfig field(s) {unknown}; the fields are {sorted(known)}."
+            )
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return replace(self, **changes)
+
+
+_COURSE = {"vocab_size": 8192, "dropout": 0.0, "bias": False}
+_GPT2 = {"vocab_size": 50257, "block_size": 1024, "dropout": 0.0, "bias": True}
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {**_COURSE, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
+    "cpu": {**_COURSE, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 192},
+    "gpu": {**_COURSE, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.1},
+    "gpt2": {**_GPT2, "n_layer": 12, "n_head": 12, "n_embd": 768},
+    "gpt2-medium": {**_GPT2, "n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt2-large": {**_GPT2, "n_layer": 36, "n_head": 20, "n_embd": 1280},
+    "gpt2-xl": {**_GPT2, "n_layer": 48, "n_head": 25, "n_embd": 1600},
+}
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: (B, T, C) -> (B, T, 4C) -> GELU -> (B, T, C)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    Normalising the *input* of each branch leaves the residual stream itself untouched, so
+    gradients reach early layers directly; this is why deep pre-LN models train stably.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(
+            config.n_embd, config.n_head, dropout=config.dropout, bias=config.bias
+        )
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    """A GPT-2-style language model.
+
+    `model(idx)` takes token ids (B, T) and returns `(logits, None)` with logits
+    (B, T, vocab_size); `model(idx, targets)` also returns the mean cross-entropy loss
+    over every position whose target is not -100.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.block_size, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: reading a token in and writing it out share one (vocab, C) matrix.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: each block adds two projections to the residual stream, so scale their
+        # init by 1/sqrt(2 * n_layer) to keep the stream's variance from growing with depth.
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}.")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(
+                f"idx has dtype {idx.dtype}, but token ids must be integers: pass idx.long()."
+            )
+        if idx.dtype not in (torch.int64, torch.int32):
+            idx = idx.long()  # e.g. uint16 token arrays: embeddings want int32/int64
+        if idx.dim() != 2:
+            raise ValueError(
+                f"idx must be 2-D (batch, time), got shape {tuple(idx.shape)}; "
+                "for a single sequence use idx.unsqueeze(0)."
+            )
+        if idx.numel() == 0:
+            raise ValueError(f"idx is empty (shape {tuple(idx.shape)}); give at least one token.")
+        seq_len = idx.size(1)
+        if seq_len > self.config.block_size:
+            raise ValueError(
+                f"sequence length {seq_len} is longer than block_size {self.config.block_size}; "
+                f"crop it, e.g. idx[:, -{self.config.block_size}:]."
+            )
+        if not torch.compiler.is_compiling():  # reading values back would break the graph
+            self._check_token_range(idx)
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have the same shape as idx {tuple(idx.shape)}, got "
+                f"{tuple(targets.shape)}."
+            )
+        return idx
+
+    def _check_token_range(self, idx: torch.Tensor) -> None:
+        # One min/max pass; without it a bad id is an opaque IndexError on CPU and a
+        # device-side assert on CUDA.
+        lo, hi = (int(v) for v in torch.aminmax(idx))
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}) (vocab_size), got min {lo} "
+                f"and max {hi}; was idx made by a tokenizer with a different vocabulary?"
+            )
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) int token ids; targets: (B, T) next-token ids or -100 to ignore.
+
+        Returns logits (B, T, vocab_size) and the mean cross-entropy (or None without
+        targets). If every target is -100 the loss is NaN (nothing to average).
+        """
+        idx = self._check_inputs(idx, targets)
+        T = idx.size(1)
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (the tied head counted once).
+
+        non_embedding=True leaves out the token and position embeddings, the "N" of
+        Kaplan et al. (2020) scaling laws. (The tied matrix still does the head's matmul;
+        `estimate_flops_per_token` counts that.)
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields shared ones once
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Where the parameters are: embeddings, blocks, final norm, total (head is tied)."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {
+            "token_embeddings": self.transformer.wte.weight.numel(),
+            "position_embeddings": self.transformer.wpe.weight.numel(),
+            "blocks": count(self.transformer.h),
+            "final_norm": count(self.transformer.ln_f),
+            "lm_head": 0,  # tied to token_embeddings
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def estimate_flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token at sequence length `seq_len`.
+
+        6 · N_matmul + 6 · n_layer · T · n_embd, where
+        - N_matmul = n_layer · 12 · n_embd² + n_embd · vocab_size counts the weights used in
+          matrix multiplies (q/k/v 3d², attention output d², MLP 8d², and the lm_head); each
+          weight costs 2 FLOPs (multiply + add) per token forward and 4 backward (grads of
+          input and of weight): 6 · N (Kaplan et al. 2020, sec. 2.1; PaLM, appendix B).
+          Biases, LayerNorm, GELU, softmax and embedding lookups are left out (small).
+        - attention scores q·kᵀ and the weighted sum of values each take 2 · d FLOPs per
+          (query, key) pair per layer, forward. PaLM's 12 · n_layer · T · d term (fwd+bwd)
+          counts all T keys per query; with the causal mask a query only sees (T+1)/2 keys
+          on average, so we count half of it: 6 · n_layer · T · d. This is the useful work,
+          which keeps model-FLOPs utilisation honest.
+        """
+        c = self.config
+        T = c.block_size if seq_len is None else seq_len
+        n_matmul = c.n_layer * 12 * c.n_embd**2 + c.n_embd * c.vocab_size
+        return 6 * n_matmul + 6 * c.n_layer * T * c.n_embd
