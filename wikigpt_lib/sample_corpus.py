@@ -149,10 +149,10 @@ def sample_wikitext(variant: str = "tokens") -> dict[str, list[str]]:
 
 def write_sample_files(folder: str | Path, variant: str = "tokens") -> Path:
     """Write the sample as `wiki.{train,valid,test}.{tokens|raw}` files into `folder`."""
+    splits = sample_wikitext(variant)  # checks `variant` before anything is written
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = "tokens" if variant == "tokens" else "raw"
-    for name, rows in sample_wikitext(variant).items():
+    for name, rows in splits.items():
         text = "".join(row if row else " \n" for row in rows)
-        (folder / f"wiki.{name}.{suffix}").write_text(text, encoding="utf-8")
+        (folder / f"wiki.{name}.{variant}").write_text(text, encoding="utf-8")
     return folder
