@@ -34,7 +34,7 @@ class GPTConfig:
     block_size: int = 128
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 192
+    n_embd: int = 256
     dropout: float = 0.0
     bias: bool = False
 
@@ -97,7 +97,7 @@ _COURSE = {"vocab_size": 8192, "dropout": 0.0, "bias": False}
 _GPT2 = {"vocab_size": 50257, "block_size": 1024, "dropout": 0.0, "bias": True}
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {**_COURSE, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-    "cpu": {**_COURSE, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 192},
+    "cpu": {**_COURSE, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 256},
     "gpu": {**_COURSE, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.1},
     "gpt2": {**_GPT2, "n_layer": 12, "n_head": 12, "n_embd": 768},
     "gpt2-medium": {**_GPT2, "n_layer": 24, "n_head": 16, "n_embd": 1024},
