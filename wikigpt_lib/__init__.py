@@ -11,6 +11,7 @@ One module per idea, mirroring the notebooks:
 
 from wikigpt_lib.attention import CausalSelfAttention, attention
 from wikigpt_lib.data import (
+    Article,
     TokenWindowDataset,
     WikiTextNotFoundError,
     count_words,
@@ -20,6 +21,7 @@ from wikigpt_lib.data import (
     load_wikitext2,
     split_articles,
     tokenize_split,
+    wikitext2_source,
 )
 from wikigpt_lib.device import is_quick, pick_device, pick_precision, quick, seed_everything
 from wikigpt_lib.model import GPT, GPTConfig
@@ -35,6 +37,7 @@ from wikigpt_lib.tokenizer import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Article",
     "EOT",
     "GPT",
     "CausalSelfAttention",
@@ -59,4 +62,5 @@ __all__ = [
     "split_articles",
     "tokenize_split",
     "train_bpe",
+    "wikitext2_source",
 ]
