@@ -240,7 +240,8 @@ def merge(old: dict, new: dict) -> dict:
     for section in ("presets", "cpu_variations"):
         if section in new:
             earlier = old.get(section, {})
-            merged[section] = {k: best(v, earlier.get(k)) for k, v in new[section].items()}
+            newer = {k: best(v, earlier.get(k)) for k, v in new[section].items()}
+            merged[section] = {**earlier, **newer}  # e.g. keep torch.compile from a --compile run
     for section in ("cpu_sweep", "vocab_sweep"):
         if section in new:
             earlier = {key(r): r for r in old.get(section, [])}
