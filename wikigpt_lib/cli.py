@@ -4,14 +4,19 @@ wikigpt info                         versions, device and precision, where the d
 wikigpt tokenize "some text"         show how the course tokenizer (or --tokenizer gpt2) splits text
 wikigpt bpe --vocab-size 4096 --out my.tiktoken
                                      train a byte-level BPE on WikiText-2 train and save it
+wikigpt train --preset cpu --out runs/cpu
+                                     train the course model; --resume continues a run
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -66,6 +71,130 @@ def _cmd_bpe(args: argparse.Namespace) -> int:
     return 0
 
 
+# TrainConfig fields the command line can change: flag -> field
+_TRAIN_FLAGS = {
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum_steps",
+    "lr": "lr",
+    "min_lr": "min_lr",
+    "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip",
+    "eval_interval": "eval_interval",
+    "eval_batches": "eval_batches",
+    "patience": "patience",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+}
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in _TRAIN_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.compile:
+        overrides["compile"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    if args.tensorboard:
+        overrides["tensorboard"] = True
+    return overrides
+
+
+def _prepare_out(out: Path, args: argparse.Namespace, is_main: bool) -> None:
+    """Refuse to overwrite a run unless asked; with --force delete only a real run folder."""
+    from wikigpt_lib.checkpoint import is_run_dir
+
+    if args.resume:
+        if not is_run_dir(out):
+            raise ValueError(
+                f"--resume: {out} holds no run to continue (no latest.json). Start one with "
+                f"`wikigpt train --preset cpu --out {out}`."
+            )
+        return
+    if not out.exists() or not any(out.iterdir()):
+        return
+    looks_like_run = is_run_dir(out) or (out / "metrics.jsonl").is_file()
+    if not args.force:
+        raise ValueError(
+            f"{out} already holds {'a run' if looks_like_run else 'files'}: pass --resume to "
+            "continue it, --force to start over (deletes it), or choose another --out."
+        )
+    if not looks_like_run:
+        raise ValueError(
+            f"{out} is not a wikigpt run folder, so --force will not delete it: choose another "
+            "--out."
+        )
+    if is_main:
+        shutil.rmtree(out)
+
+
+def _token_splits(data: str):
+    from wikigpt_lib.data import load_corpus, tokenize_split, wikitext2_source
+    from wikigpt_lib.tokenizer import get_tokenizer
+
+    ds = load_corpus(data)
+    enc = get_tokenizer()
+    train_ids = tokenize_split(ds["train"], enc)
+    val_ids = tokenize_split(ds["validation"], enc)
+    print(
+        f"data: {data} ({wikitext2_source(ds)}): {len(train_ids):,} train and "
+        f"{len(val_ids):,} validation tokens ({enc.name})"
+    )
+    return enc, train_ids, val_ids
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from wikigpt_lib.checkpoint import load_checkpoint
+    from wikigpt_lib.model import GPT
+    from wikigpt_lib.train import Trainer, train_preset
+
+    out = Path(args.out)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    _prepare_out(out, args, is_main)
+    overrides = _train_overrides(args)
+    if args.resume:
+        saved = load_checkpoint(out, "latest")
+        data = args.data or saved.data or "wikitext-2"
+        enc, train_ids, val_ids = _token_splits(data)
+        trainer = Trainer.resume(out, train_ids, val_ids, **overrides)
+        print(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps}")
+    else:
+        data = args.data or "wikitext-2"
+        enc, train_ids, val_ids = _token_splits(data)
+        model_cfg, train_cfg = train_preset(args.preset, **overrides)
+        if model_cfg.vocab_size != enc.n_vocab:
+            model_cfg = model_cfg.replace(vocab_size=enc.n_vocab)
+        torch.manual_seed(train_cfg.seed)
+        model = GPT(model_cfg)
+        trainer = Trainer(model, train_ids, val_ids, train_cfg, run_dir=out, data_name=data)
+    c, m = trainer.config, trainer.model
+    print(
+        f"model: {m.num_params():,} parameters ({m.config.n_layer} layers, width "
+        f"{m.config.n_embd}, context {m.config.block_size}) | device {trainer.device}, "
+        f"{trainer.precision.name} | {trainer.tokens_per_step:,} tokens/step, "
+        f"{c.max_steps} steps"
+    )
+    result = trainer.fit()
+    if not trainer.is_main:
+        return 0
+    print(f"stopped: {result.stopped} at step {result.steps} ({result.tokens_seen:,} tokens)")
+    if result.best_val_loss is not None:
+        ppl = 2.718281828459045**result.best_val_loss
+        print(f"best validation loss {result.best_val_loss:.4f} (token perplexity {ppl:.1f})")
+    print(f"checkpoints: {out} (best.json, latest.json); metrics: {out / 'metrics.jsonl'}")
+    if result.stopped == "interrupted":
+        print(f"continue with: wikigpt train --resume --out {out}")
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wikigpt", description="Wiki-GPT: a GPT built from scratch."
@@ -87,6 +216,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["tokens", "raw"], default="tokens")
     p.add_argument("--data-dir", default=None, help="folder with the wiki.*.tokens files")
     p.set_defaults(func=_cmd_bpe)
+
+    from wikigpt_lib.train import PRECISIONS, TRAIN_PRESETS
+
+    p = sub.add_parser(
+        "train",
+        help="train the course model (checkpoints and metrics in --out)",
+        description="Train a GPT on WikiText-2. Presets: "
+        + "; ".join(f"{name}: {desc}" for name, (desc, _, _) in TRAIN_PRESETS.items())
+        + ". Several GPUs: torchrun --nproc_per_node N -m wikigpt_lib train ...",
+    )
+    p.add_argument("--preset", choices=list(TRAIN_PRESETS), default="cpu")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--force", action="store_true", help="delete the run in --out and start over")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="wikitext-2 (default), wikitext-2-raw, sample, or a folder with wiki.*.tokens files",
+    )
+    for flag, kind in (
+        ("max-steps", int), ("batch-size", int), ("grad-accum", int), ("lr", float),
+        ("min-lr", float), ("warmup-steps", int), ("weight-decay", float),
+        ("grad-clip", float), ("eval-interval", int), ("eval-batches", int),
+        ("patience", int), ("seed", int),
+    ):  # fmt: skip
+        p.add_argument(f"--{flag}", type=kind, default=None)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -217,6 +217,28 @@ def load_wikitext2(
     )
 
 
+CORPORA = ("wikitext-2", "wikitext-2-raw", "sample", "sample-raw")
+
+
+def load_corpus(name: str) -> DatasetDict:
+    """A corpus by name, as the command line takes it: "wikitext-2" (wikitext-2-v1, from
+    $WIKIGPT_DATA_DIR or the hub), "wikitext-2-raw", "sample" / "sample-raw" (the built-in
+    sample corpus), or a folder holding wiki.{train,valid,test}.tokens (or .raw) files."""
+    if name in ("wikitext-2", "wikitext-2-raw"):
+        return load_wikitext2("raw" if name.endswith("raw") else "tokens")
+    if name in ("sample", "sample-raw"):
+        variant = "raw" if name.endswith("raw") else "tokens"
+        return _remember(_to_datasetdict(_sample_rows(variant)), SAMPLE_SOURCE)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise ValueError(
+            f"unknown data {name!r}: use one of {', '.join(CORPORA)}, or a folder holding "
+            "the wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens files."
+        )
+    variant = "raw" if (folder / "wiki.train.raw").is_file() else "tokens"
+    return load_wikitext2(variant, data_dir=folder)
+
+
 def _sample_rows(variant: str) -> dict[str, list[str]]:
     rows = sample_wikitext(variant)
     return {split: rows[part] for split, part in SPLITS.items()}
@@ -442,6 +464,18 @@ def get_batch(
     likely; reproducible with a seeded (CPU) `generator`."""
     _check_sizes(data, batch_size, block_size)
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    return windows_at(data, starts, block_size, device=device)
+
+
+def windows_at(
+    data: np.ndarray,
+    starts: torch.Tensor,
+    block_size: int,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows that begin at `starts` (B,): x = data[s : s+T] and y = data[s+1 : s+T+1]
+    for each start s, as int64 tensors (B, T) on `device`."""
     offsets = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
     chunk = torch.from_numpy(data[offsets.numpy()].astype(np.int64))  # (B, T+1)
     x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, T), (B, T)
