@@ -6,10 +6,13 @@ One module per idea, mirroring the notebooks:
     data        loading, cleaning, tokenizing and batching WikiText-2                     (02)
     attention   scaled dot-product and causal multi-head self-attention                  (03)
     model       GPTConfig and the GPT model                                               (04)
-    device      device, precision, seeding and quick mode
+    train       the training loop: optimizer, schedule, evaluation, early stopping, DDP   (05)
+    checkpoint  safetensors checkpoints: atomic writes, best and latest, exact resume     (05)
+    device      device, precision, seeding and quick mode                                 (05)
 """
 
 from wikigpt_lib.attention import CausalSelfAttention, attention
+from wikigpt_lib.checkpoint import CheckpointError, load_checkpoint, load_model
 from wikigpt_lib.data import (
     Article,
     TokenWindowDataset,
@@ -18,6 +21,7 @@ from wikigpt_lib.data import (
     detokenize,
     get_batch,
     iter_eval_batches,
+    load_corpus,
     load_wikitext2,
     split_articles,
     tokenize_split,
@@ -33,11 +37,35 @@ from wikigpt_lib.tokenizer import (
     save_bpe,
     train_bpe,
 )
+from wikigpt_lib.train import (
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    TrainResult,
+    evaluate_loss,
+    plot_losses,
+    read_metrics,
+    train,
+    train_preset,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Article",
+    "CheckpointError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDivergedError",
+    "evaluate_loss",
+    "load_checkpoint",
+    "load_corpus",
+    "load_model",
+    "plot_losses",
+    "read_metrics",
+    "train",
+    "train_preset",
     "EOT",
     "GPT",
     "CausalSelfAttention",

@@ -135,7 +135,8 @@ def save_checkpoint(
     run_dir: str | os.PathLike,
     *,
     model: torch.nn.Module,
-    train_config: dict[str, Any],
+    model_config: GPTConfig | None = None,
+    train_config: dict[str, Any] | None = None,
     state: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
     tokenizer: str = "wikitext2",
@@ -145,6 +146,7 @@ def save_checkpoint(
     """Write a checkpoint of `model` into `run_dir/checkpoints/` and point `latest.json` (and
     `best.json` when `is_best`) at it. Returns the checkpoint folder.
 
+    model_config: defaults to `model.config`; train_config: a TrainConfig or its dict.
     state: JSON-ready training state (must hold "step"); trainer_state: tensors and plain
     values for `torch.save` (optimizer, scaler, RNG states). Old checkpoints that neither
     pointer refers to any more are removed afterwards.
@@ -155,8 +157,8 @@ def save_checkpoint(
     config = {
         "format": FORMAT,
         "version": VERSION,
-        "model": unwrap_model(model).config.to_dict(),
-        "train": train_config,
+        "model": (model_config or unwrap_model(model).config).to_dict(),
+        "train": train_config.to_dict() if hasattr(train_config, "to_dict") else train_config or {},
         "tokenizer": tokenizer,
         "data": data,
     }
@@ -229,6 +231,11 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
             f"no checkpoint at {path}: the path does not exist. Give a run folder (as made by "
             "`wikigpt train --out FOLDER`) or one of its checkpoint folders."
         )
+    if path.is_file():
+        raise CheckpointError(
+            f"{path} is a file, not a wikigpt checkpoint: a checkpoint is a folder (with "
+            f"{MODEL_FILE} and {CONFIG_FILE}) inside a run folder; give the run folder."
+        )
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return path
     if path.is_dir() and is_run_dir(path):
@@ -243,7 +250,8 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
         return target
     raise CheckpointError(
         f"no checkpoint at {path}: expected a run folder (with latest.json) or a checkpoint "
-        f"folder (with {MODEL_FILE} and {CONFIG_FILE}). Is it a wikigpt run?"
+        f"folder (with {MODEL_FILE} and {CONFIG_FILE}); {path} is neither, so it is not a "
+        "wikigpt checkpoint."
     )
 
 

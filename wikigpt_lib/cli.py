@@ -96,6 +96,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         for flag, field in _TRAIN_FLAGS.items()
         if getattr(args, flag) is not None
     }
+    if "lr" in overrides and "min_lr" not in overrides:
+        overrides["min_lr"] = overrides["lr"] / 10  # keep the presets' decay to a tenth
     if args.compile:
         overrides["compile"] = True
     if args.no_progress:
@@ -133,7 +135,7 @@ def _prepare_out(out: Path, args: argparse.Namespace, is_main: bool) -> None:
         shutil.rmtree(out)
 
 
-def _token_splits(data: str):
+def _token_splits(data: str, say=print):
     from wikigpt_lib.data import load_corpus, tokenize_split, wikitext2_source
     from wikigpt_lib.tokenizer import get_tokenizer
 
@@ -141,7 +143,7 @@ def _token_splits(data: str):
     enc = get_tokenizer()
     train_ids = tokenize_split(ds["train"], enc)
     val_ids = tokenize_split(ds["validation"], enc)
-    print(
+    say(
         f"data: {data} ({wikitext2_source(ds)}): {len(train_ids):,} train and "
         f"{len(val_ids):,} validation tokens ({enc.name})"
     )
@@ -156,18 +158,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from wikigpt_lib.train import Trainer, train_preset
 
     out = Path(args.out)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
+
+    def say(*parts: object) -> None:
+        if is_main:
+            print(*parts)
+
     _prepare_out(out, args, is_main)
     overrides = _train_overrides(args)
     if args.resume:
         saved = load_checkpoint(out, "latest")
         data = args.data or saved.data or "wikitext-2"
-        enc, train_ids, val_ids = _token_splits(data)
+        enc, train_ids, val_ids = _token_splits(data, say)
         trainer = Trainer.resume(out, train_ids, val_ids, **overrides)
-        print(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps}")
+        say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps}")
     else:
         data = args.data or "wikitext-2"
-        enc, train_ids, val_ids = _token_splits(data)
+        enc, train_ids, val_ids = _token_splits(data, say)
         model_cfg, train_cfg = train_preset(args.preset, **overrides)
         if model_cfg.vocab_size != enc.n_vocab:
             model_cfg = model_cfg.replace(vocab_size=enc.n_vocab)
@@ -175,15 +182,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = GPT(model_cfg)
         trainer = Trainer(model, train_ids, val_ids, train_cfg, run_dir=out, data_name=data)
     c, m = trainer.config, trainer.model
-    print(
+    say(
         f"model: {m.num_params():,} parameters ({m.config.n_layer} layers, width "
         f"{m.config.n_embd}, context {m.config.block_size}) | device {trainer.device}, "
         f"{trainer.precision.name} | {trainer.tokens_per_step:,} tokens/step, "
         f"{c.max_steps} steps"
     )
     result = trainer.fit()
+    if trainer.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if not trainer.is_main:
-        return 0
+        return 130 if result.stopped == "interrupted" else 0
     print(f"stopped: {result.stopped} at step {result.steps} ({result.tokens_seen:,} tokens)")
     if result.best_val_loss is not None:
         ppl = 2.718281828459045**result.best_val_loss

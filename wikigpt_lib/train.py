@@ -84,7 +84,10 @@ class TrainConfig:
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr}.")
+            raise ValueError(
+                f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr}: lower "
+                "min_lr too when you lower lr (e.g. min_lr = lr / 10)."
+            )
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("TrainConfig.weight_decay and grad_clip must be >= 0.")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
