@@ -45,7 +45,7 @@ from wikigpt_lib.train import (
     evaluate_loss,
     plot_losses,
     read_metrics,
-    train,
+    train_model,
     train_preset,
 )
 
@@ -64,7 +64,7 @@ __all__ = [
     "load_model",
     "plot_losses",
     "read_metrics",
-    "train",
+    "train_model",
     "train_preset",
     "EOT",
     "GPT",

@@ -5,7 +5,7 @@ The `Trainer` knows nothing of GPT beyond `model(x, y) -> (logits, loss)` and `m
 (for the context length), so any model with that interface trains with it.
 
     model_cfg, train_cfg = train_preset("cpu")
-    result = train(model_cfg, train_cfg, train_ids, val_ids, run_dir="runs/cpu")
+    result = train_model(model_cfg, train_cfg, train_ids, val_ids, run_dir="runs/cpu")
     result = Trainer.resume("runs/cpu", train_ids, val_ids).fit()   # after a crash or Ctrl-C
 """
 
@@ -341,6 +341,11 @@ class Trainer:
     train_data / val_data: 1-D arrays of token ids (as `tokenize_split` returns).
     callbacks: functions `cb(trainer, record)` called after every optimizer step; raising
     KeyboardInterrupt from one stops the run as Ctrl-C does (checkpoint saved, then return).
+
+    Seeding: batches are drawn from a generator seeded with config.seed, and the global torch
+    RNG (dropout masks) is reseeded with config.seed + rank, so a run is reproducible whatever
+    random numbers were drawn before. With dropout, DDP runs therefore differ from a
+    single-process run (each process has its own masks); without it they match.
     """
 
     def __init__(
@@ -503,14 +508,16 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------
 
     def evaluate(self) -> float:
-        """Validation loss: the first eval_batches batches of val_data (all with None),
-        shared out across processes."""
+        """Validation loss over the first eval_batches global batches of val_data (all of it
+        with None), shared out across processes: N processes with batch B score the same
+        windows as one process with batch N*B."""
         if self.val_data is None:
             raise ValueError("this Trainer has no val_data to evaluate on.")
         c = self.config
         batches = iter_eval_batches(self.val_data, c.batch_size, self.block_size)
-        if c.eval_batches is not None:
-            batches = (b for _, b in zip(range(c.eval_batches), batches, strict=False))
+        if c.eval_batches is not None:  # counted in global batches, as for training
+            limit = c.eval_batches * self.world_size
+            batches = (b for _, b in zip(range(limit), batches, strict=False))
         mine = (b for i, b in enumerate(batches) if i % self.world_size == self.rank)
         total, count = loss_sums(self.model, mine, self.precision)
         if self.distributed:
@@ -757,7 +764,7 @@ class Trainer:
         )
 
 
-def train(
+def train_model(
     model_config: GPTConfig,
     train_config: TrainConfig,
     train_data: np.ndarray,
