@@ -404,6 +404,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self._writer = None
+        self._checkpoint_step: int | None = None
         self._phase: str | None = None  # where train_step is: "gradients", "update" or None
         self._rewind: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -566,6 +567,7 @@ class Trainer:
         """Write a checkpoint into run_dir (main process only); returns its folder."""
         if self.run_dir is None or not self.is_main:
             return None
+        self._checkpoint_step = self.step
         self.last_checkpoint = save_checkpoint(
             self.run_dir,
             model=self.model,
@@ -627,7 +629,7 @@ class Trainer:
             callbacks=callbacks,
         )
         trainer.load_trainer_state(ckpt.state, ckpt.trainer_state(map_location="cpu"))
-        trainer.last_checkpoint = ckpt.path
+        trainer.last_checkpoint, trainer._checkpoint_step = ckpt.path, trainer.step
         trainer._restore_history()
         return trainer
 
@@ -752,7 +754,8 @@ class Trainer:
             bar.close()
             if self._writer is not None:
                 self._writer.flush()
-        if stopped == "max_steps" and self.val_data is None:
+        saved_step = None if self.last_checkpoint is None else self._checkpoint_step
+        if stopped == "max_steps" and self.val_data is None and saved_step != self.step:
             self.save_checkpoint()
         return TrainResult(
             run_dir=self.run_dir,
