@@ -9,6 +9,9 @@ One module per idea, mirroring the notebooks:
     train       the training loop: optimizer, schedule, evaluation, early stopping, DDP   (05)
     checkpoint  safetensors checkpoints: atomic writes, best and latest, exact resume     (05)
     device      device, precision, seeding and quick mode                                 (05)
+    generate    greedy, temperature, top-k, top-p sampling, streaming, KV cache           (06)
+    evaluate    perplexity: token, word-level, bits per byte, sliding windows             (07)
+    ngram       unigram and Kneser-Ney n-gram baselines in word-level perplexity          (07)
 """
 
 from wikigpt_lib.attention import CausalSelfAttention, attention
@@ -28,7 +31,19 @@ from wikigpt_lib.data import (
     wikitext2_source,
 )
 from wikigpt_lib.device import is_quick, pick_device, pick_precision, quick, seed_everything
+from wikigpt_lib.evaluate import evaluate_perplexity, evaluate_split
+from wikigpt_lib.generate import (
+    KVCache,
+    TextStreamer,
+    forward_cached,
+    generate,
+    sample_probs,
+    stream,
+    top_k_filter,
+    top_p_filter,
+)
 from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.ngram import KneserNeyLM, UnigramLM, ngram_baselines, words_of
 from wikigpt_lib.tokenizer import (
     EOT,
     TokenizerUnavailableError,
@@ -91,4 +106,18 @@ __all__ = [
     "tokenize_split",
     "train_bpe",
     "wikitext2_source",
+    "KVCache",
+    "KneserNeyLM",
+    "TextStreamer",
+    "UnigramLM",
+    "evaluate_perplexity",
+    "evaluate_split",
+    "forward_cached",
+    "generate",
+    "ngram_baselines",
+    "sample_probs",
+    "stream",
+    "top_k_filter",
+    "top_p_filter",
+    "words_of",
 ]

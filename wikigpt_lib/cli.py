@@ -6,6 +6,10 @@ wikigpt bpe --vocab-size 4096 --out my.tiktoken
                                      train a byte-level BPE on WikiText-2 train and save it
 wikigpt train --preset cpu --out runs/cpu
                                      train the course model; --resume continues a run
+wikigpt generate --checkpoint runs/cpu --prompt "The river" --max-new-tokens 100
+                                     continue a prompt, streamed as it is generated
+wikigpt eval --checkpoint runs/cpu --split test
+                                     loss, token and word perplexity, bits per byte
 """
 
 from __future__ import annotations
@@ -206,6 +210,94 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_inference(path: str, device: str | None):
+    """The best model of a run (or a checkpoint folder) on `device`, and its tokenizer."""
+    from wikigpt_lib.checkpoint import _read_config, load_model, resolve_checkpoint
+    from wikigpt_lib.device import pick_device
+    from wikigpt_lib.tokenizer import get_tokenizer
+
+    device = pick_device(device)
+    folder = resolve_checkpoint(path, "best")
+    model = load_model(folder, map_location=device)
+    config = _read_config(folder)
+    enc = get_tokenizer(config.get("tokenizer") or "wikitext2")
+    if enc.n_vocab > model.config.vocab_size:
+        raise ValueError(
+            f"{folder}: its tokenizer {enc.name!r} has {enc.n_vocab} tokens but the model only "
+            f"{model.config.vocab_size}: the checkpoint's config is inconsistent."
+        )
+    return model, enc, config
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from wikigpt_lib.generate import TextStreamer, stream
+
+    model, enc, _ = _load_for_inference(args.checkpoint, args.device)
+    # WikiText rows start with a space (" The river ..."): give the prompt one too, so its
+    # first word is the token the model saw at the start of lines.
+    add_space = bool(args.prompt) and not args.prompt[:1].isspace()
+    ids = enc.encode_ordinary(" " * add_space + args.prompt)
+    idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
+    streamer = TextStreamer(enc, detokenize=not args.raw)
+    hide_space = add_space  # the space we added is not the user's: don't show it
+
+    def show(piece: str, end: str = "") -> None:
+        nonlocal hide_space
+        if hide_space and piece:
+            piece, hide_space = piece.removeprefix(" "), False
+        print(piece, end=end, flush=True)
+
+    show(streamer.add(ids))
+    start, n = time.perf_counter(), 0
+    for token in stream(
+        model,
+        idx,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        use_cache=not args.no_cache,
+        seed=args.seed,
+    ):
+        show(streamer.add([int(token)]))
+        n += 1
+    show(streamer.flush(), end="\n")
+    seconds = time.perf_counter() - start
+    rate = n / max(seconds, 1e-9)
+    print(f"[{n} tokens in {seconds:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from wikigpt_lib.data import load_corpus, wikitext2_source
+    from wikigpt_lib.evaluate import evaluate_split
+
+    model, enc, config = _load_for_inference(args.checkpoint, args.device)
+    data = args.data or config.get("data") or "wikitext-2"
+    ds = load_corpus(data)
+    split = {"valid": "validation", "val": "validation"}.get(args.split, args.split)
+    r = evaluate_split(
+        model,
+        ds[split],
+        enc,
+        block_size=args.block_size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"{data} ({wikitext2_source(ds)}) {split}: {r['n_tokens'] + 1:,} tokens, "
+        f"{r['n_words']:,} words, {r['n_bytes']:,} bytes | windows of {r['block_size']}, "
+        f"stride {r['stride']}"
+    )
+    print(f"loss          {r['loss']:.4f} nats/token")
+    print(f"token ppl     {r['token_ppl']:.2f}")
+    print(f"word ppl      {r['word_ppl']:.2f}")
+    print(f"bits per byte {r['bits_per_byte']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wikigpt", description="Wiki-GPT: a GPT built from scratch."
@@ -259,6 +351,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt with a trained model, streamed as it is generated",
+        description="Continue --prompt with the best checkpoint of a run. The model was trained "
+        "on WikiText's spacing (`word , word`, `1 @,@ 000`); the output shows it undone.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.add_argument("--no-cache", action="store_true", help="recompute the context every step")
+    p.add_argument("--raw", action="store_true", help="show WikiText's spacing as it is")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "eval",
+        help="loss, token and word perplexity, bits per byte of a checkpoint on a split",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--split", choices=["test", "validation", "valid", "train"], default="test")
+    p.add_argument(
+        "--data", default=None, help="as for train; default: the data the run trained on"
+    )
+    p.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
+    p.add_argument("--block-size", type=int, default=None, help="default: the model's context")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

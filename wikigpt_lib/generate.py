@@ -20,8 +20,10 @@ The cache reuses the model's own modules (`model.transformer.wte/wpe/h/ln_f`, `l
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import math
+import numbers
 import re
 import warnings
 from collections.abc import Iterable, Iterator
@@ -32,13 +34,13 @@ from torch import nn
 
 from wikigpt_lib.attention import causal_mask
 from wikigpt_lib.checkpoint import unwrap_model
-from wikigpt_lib.data import detokenize
+from wikigpt_lib.data import _DETOKENIZE_RULES, detokenize
 
 # ----------------------------------------------------------------------------- checks
 
 
 def _check_temperature(temperature: float) -> None:
-    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    ok = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
     if not ok or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(
             f"temperature must be a finite number >= 0 (0 means greedy: always the most likely "
@@ -49,7 +51,7 @@ def _check_temperature(temperature: float) -> None:
 def _check_top_k(top_k: int | None) -> None:
     if top_k is None:
         return
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(
             f"top_k must be an integer >= 1 (or None for no top-k filter), got {top_k!r}."
         )
@@ -58,7 +60,7 @@ def _check_top_k(top_k: int | None) -> None:
 def _check_top_p(top_p: float | None) -> None:
     if top_p is None:
         return
-    ok = isinstance(top_p, (int, float)) and not isinstance(top_p, bool)
+    ok = isinstance(top_p, numbers.Real) and not isinstance(top_p, bool)
     if not ok or not 0.0 < top_p <= 1.0:  # NaN fails the comparison too
         raise ValueError(
             f"top_p must be in (0, 1] (1 keeps every token; None for no nucleus filter), "
@@ -220,6 +222,8 @@ def _attend_cached(attn: nn.Module, x: torch.Tensor, cache: KVCache, layer: int)
     k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
     if cache.length == 0:  # nothing cached: the usual causal attention
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif T == 1:  # one new token: it may see every position, no mask needed
+        y = F.scaled_dot_product_attention(q, k, v)
     else:
         # SDPA's is_causal aligns the mask top-left when T_q < T_k; new tokens need it
         # bottom-right (each sees every cached token), which `causal_mask` gives.
@@ -277,7 +281,6 @@ def _next_logits(model: nn.Module, seq: torch.Tensor, cache: KVCache | None) -> 
 # ----------------------------------------------------------------------------- generation
 
 
-@torch.no_grad()
 def stream(
     model: nn.Module,
     idx: torch.Tensor,
@@ -291,21 +294,36 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Generate like `generate`, yielding the new token ids (B,) one step at a time.
 
-    See `generate` for the arguments. The model is put in eval mode (no dropout) while the
-    generator runs and set back when it finishes, is closed, or is garbage collected.
+    See `generate` for the arguments; they are checked at once, the tokens are made as you
+    iterate. The model is put in eval mode (no dropout) while the iterator runs and set back
+    when it finishes, is closed, or is garbage collected.
     """
     _check_temperature(temperature)
     _check_top_k(top_k)
     _check_top_p(top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}.")
     seq = _check_prompt(idx, model)  # (B, T), T <= block_size
+    stops = sorted(set(stop_tokens or ()))
+    return _steps(model, seq, max_new_tokens, (temperature, top_k, top_p), use_cache, seed, stops)
+
+
+@torch.no_grad()  # on a generator function, no_grad applies only while it runs
+def _steps(
+    model: nn.Module,
+    seq: torch.Tensor,
+    max_new_tokens: int,
+    sampling: tuple[float, int | None, float | None],
+    use_cache: bool,
+    seed: int | None,
+    stop_tokens: list[int],
+) -> Iterator[torch.Tensor]:
     generator = None
     if seed is not None:  # a private stream of random numbers: the global RNG is left alone
         generator = torch.Generator(device=seq.device).manual_seed(seed)
-    stops = torch.tensor(sorted(set(stop_tokens or ())), dtype=torch.long, device=seq.device)
+    stops = torch.tensor(stop_tokens, dtype=torch.long, device=seq.device)
     B = seq.size(0)
     done = torch.zeros(B, dtype=torch.bool, device=seq.device)  # (B,) sequences that stopped
     fill = torch.zeros(B, dtype=torch.long, device=seq.device)  # (B,) the stop token each emitted
@@ -316,7 +334,7 @@ def stream(
     try:
         for step in range(max_new_tokens):
             logits = _next_logits(model, seq, cache)  # (B, V)
-            token = _pick(logits, temperature, top_k, top_p, generator)  # (B,)
+            token = _pick(logits, *sampling, generator)  # (B,)
             token = torch.where(done, fill, token)  # a stopped sequence repeats its stop token
             if stops.numel():
                 hit = torch.isin(token, stops) & ~done
@@ -364,8 +382,9 @@ def generate(
       logits agree to float rounding). When the cache is full, it restarts from the newest
       block_size // 2 tokens (run again at positions 0 ... block_size//2 - 1) and grows back
       to block_size. Each step is then exactly `model(window)` for a window of between
-      block_size // 2 and block_size tokens, and the cost per token stays about two
-      single-token steps instead of a whole block.
+      block_size // 2 and block_size tokens, and a token costs one single-token step
+      plus a share of one block_size // 2 prefill every block_size // 2 tokens, instead
+      of a whole block. For the exact sliding window past the context, use_cache=False.
     The model runs in eval mode (dropout off) and is set back afterwards.
     """
     new = list(
@@ -379,51 +398,40 @@ def generate(
 # ----------------------------------------------------------------------------- text
 
 
-def _safe_cut(text: str) -> int:
-    """The largest index c of `text` (one line, no "\\n") where the text can be split without
-    changing what `detokenize` does to it: detokenize(text[:c]) + detokenize(text[c:]) equals
-    detokenize(text) however the text goes on. 0 when there is none yet.
+def _safe_cut(line: str) -> int:
+    """The largest index c of `line` (no "\\n" in it) where it can be split without changing
+    what `detokenize` does: detokenize(line[:c]) + detokenize(line[c:]) equals detokenize of
+    the whole line however it goes on. 0 when there is no such place yet.
 
-    A cut is made only at a space between two visible characters, where no rule of
-    `detokenize` can span it: not after `( [ {` or `@` (they eat the space after them), not
-    before `@` (` @-@ ` starts there), and not after a double quote that may still open a
-    ` " quoted words " ` pair (those pair up only once the closing quote comes)."""
-    open_quote = _open_quote(text)
-    end = len(text) - 1 if open_quote is None else min(open_quote, len(text) - 1)
-    for c in range(end, 0, -1):
-        if text[c] == " " and _visible(text[c - 1]) and _visible(text[c + 1]):
-            if text[c - 1] not in "([{@" and text[c + 1] != "@":
-                return c
+    A cut is made only at a space between two visible characters where no rule of
+    `detokenize` can span it: not after `( [ {` or `@` (those rules eat the space after them),
+    not before `@` (` @-@ ` starts there), not inside a ` " quoted words " ` pair, and not
+    after a double quote that may still open one (pairs are known only once they close).
+    """
+    staged = line
+    for pattern, repl in _RULES_BEFORE_QUOTES:  # the quote rule runs on this text
+        staged = pattern.sub(repl, staged)
+    pairs = list(_QUOTE_PAIR.finditer(staged))
+    # The other rules never add or remove a quote, so the n-th quote of `staged` is the n-th
+    # of `line`: quotes are matched up by their number.
+    opening = {staged[: m.start()].count('"') for m in pairs}  # numbers of opening quotes
+    settled = staged[: pairs[-1].end()].count('"') if pairs else 0  # quotes up to the last pair
+    quotes = [i for i, ch in enumerate(line) if ch == '"']
+    for c in range(len(line) - 2, 0, -1):
+        before, after = line[c - 1], line[c + 1]
+        if line[c] != " " or before.isspace() or after.isspace():
+            continue
+        if before in "([{@" or after == "@":
+            continue
+        last_quote = bisect.bisect_left(quotes, c) - 1  # number of the last quote before c
+        if last_quote >= settled or last_quote in opening:
+            continue
+        return c
     return 0
 
 
-def _visible(ch: str) -> bool:
-    return not ch.isspace()
-
-
 _QUOTE_PAIR = re.compile(r'" [^"\n]*? "')
-
-
-def _open_quote(line: str) -> int | None:
-    """Index of the first double quote after the last complete ` " ... " ` pair of `line`
-    (detokenize's quote rule, applied after its other rules, which never add or remove a
-    quote), or None. Such a quote may still open a pair once more text comes."""
-    staged = line
-    for pattern, repl in _DETOKENIZE_RULES_BEFORE_QUOTES:
-        staged = pattern.sub(repl, staged)
-    matches = list(_QUOTE_PAIR.finditer(staged))
-    n_closed = 2 * len(matches)
-    quotes = [i for i, ch in enumerate(line) if ch == '"']
-    return quotes[n_closed] if len(quotes) > n_closed else None
-
-
-def _rules_before_quotes():
-    from wikigpt_lib.data import _DETOKENIZE_RULES
-
-    return [(p, r) for p, r in _DETOKENIZE_RULES if '"' not in p.pattern]
-
-
-_DETOKENIZE_RULES_BEFORE_QUOTES = _rules_before_quotes()
+_RULES_BEFORE_QUOTES = [(p, r) for p, r in _DETOKENIZE_RULES if '"' not in p.pattern]
 
 
 class TextStreamer:
