@@ -1,0 +1,325 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Generation: solutions to the exercises
+#
+# Worked answers to the exercises of [06_generation](../notebooks/06_generation.ipynb). Try
+# them yourself first; each answer is code you can run plus a short explanation. The numbers
+# quoted in the text are from a run with the course model (`runs/cpu`) on the real WikiText-2,
+# on a 2-core CPU.
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/wiki-gpt/wiki-gpt/blob/main/solutions/06_generation_solutions.ipynb)
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # on Colab, install the course library first
+    get_ipython().run_line_magic(
+        "pip", 'install -q "wikigpt-lib @ git+https://github.com/wiki-gpt/wiki-gpt"'
+    )
+
+# %%
+import math
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no Jupyter widgets
+
+from wikigpt_lib.checkpoint import load_model
+from wikigpt_lib.data import load_wikitext2, tokenize_split, wikitext2_source
+from wikigpt_lib.device import is_quick, pick_device, quick
+from wikigpt_lib.evaluate import evaluate_perplexity
+from wikigpt_lib.generate import KVCache, forward_cached, generate, sample_probs, top_p_filter
+from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.tokenizer import get_tokenizer
+from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+
+plt.rcParams["figure.dpi"] = 80
+
+# %% [markdown]
+# The model, as in the notebook: the course model from `runs/cpu`, or a model trained here.
+# The notebook checked its own filters, sampling and cache against `wikigpt_lib.generate`, so
+# the answers use the library's versions.
+
+# %% tags=["nbval-ignore-output"]
+RUN_DIR = Path("..") / "runs" / "cpu"  # relative to this notebook
+
+ds = load_wikitext2(fallback="sample")
+tok = get_tokenizer()
+device = pick_device()
+if RUN_DIR.is_dir() and not is_quick():
+    model = load_model(RUN_DIR, "best", map_location=device)
+    model_name = f"the course model from {RUN_DIR} (best checkpoint)"
+else:
+    train_ids = tokenize_split(ds["train"], tok)
+    val_ids = tokenize_split(ds["validation"], tok)
+    if is_quick():
+        model_config = GPTConfig.preset("tiny")
+        train_config = TrainConfig(
+            max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3,
+            eval_interval=30, eval_batches=2, progress=False,
+        )  # fmt: skip
+        model_name = "a tiny model trained here for 30 steps (quick mode)"
+    else:
+        print(f"{RUN_DIR} not found: training the cpu-quick preset here instead")
+        model_config, train_config = train_preset("cpu-quick", progress=False)
+        model_name = "the cpu-quick preset, trained here (no runs/cpu folder)"
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    Trainer(model, train_ids, val_ids, train_config).fit()
+    model = model.to(device).eval()
+block_size, V = model.config.block_size, model.config.vocab_size
+val_text = tokenize_split(ds["validation"], tok)  # (N,) validation token ids
+print("data:", wikitext2_source(ds))
+print("model:", model_name, f"| context {block_size} tokens")
+
+
+def next_logits(prompt: str) -> torch.Tensor:
+    """The model's logits (V,) for the token after `prompt`."""
+    ids = torch.tensor([tok.encode_ordinary(prompt)], device=device)[:, -block_size:]
+    with torch.no_grad():
+        return model(ids)[0][0, -1].float()
+
+
+def entropy(p: torch.Tensor) -> float:
+    return -(p * p.clamp_min(1e-30).log()).sum().item()
+
+
+prompts = [" the United", " The album was released in", " The"]
+
+# %% [markdown]
+# ## Exercise 1: temperature and entropy
+#
+# `sample_probs(logits, temperature)` is the notebook's `next_token_probs`. The entropy of each
+# prompt's distribution, for temperatures from 0.1 to 3:
+
+# %% tags=["nbval-ignore-output"]
+temps = np.geomspace(0.1, 3, 40)
+fig, ax = plt.subplots(figsize=(6, 3.2))
+for prompt in prompts:
+    z = next_logits(prompt)
+    H = [entropy(sample_probs(z, float(t))) for t in temps]
+    t10 = np.interp(math.log(10), H, temps)  # H grows with T, so interpolate T(H)
+    ax.plot(temps, H, label=repr(prompt))
+    print(f"{prompt!r:>28}: entropy at T=1 {entropy(sample_probs(z, 1.0)):.2f} nats; "
+          f"as uncertain as 10 equally likely tokens at T = {t10:.2f}")  # fmt: skip
+    assert entropy(sample_probs(z, 0.01)) < 0.1  # T -> 0: greedy, one token
+    assert abs(entropy(sample_probs(z, 1e4)) - math.log(V)) < 1e-3  # T -> inf: uniform
+ax.axhline(math.log(10), color="grey", ls=":", label="ln 10")
+ax.axhline(math.log(V), color="grey", ls="--", label=f"ln {V:,} (uniform)")
+ax.set(xscale="log", xlabel="temperature", ylabel="entropy (nats)",
+       title="Entropy of the next-token distribution")  # fmt: skip
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Entropy grows monotonically with the temperature, from 0 (all mass on the argmax: greedy)
+# towards $\ln V = 9.01$ nats (uniform over the 8,192 tokens). The three prompts need very
+# different temperatures for the same uncertainty: after "the United" the model is so sure of
+# " States" that even $T \approx 1.5$ leaves it fairly certain, while after " The" it is already
+# far more uncertain than 10 tokens at $T = 1$ and needs a temperature of about 0.5 to get
+# there. One temperature cannot give every context the same amount of randomness, which is the
+# motivation for top-p.
+#
+# ## Exercise 2: repetition
+#
+# Ten prompts of 8 tokens from the validation text, continued by 200 tokens with each rule, in
+# one batch per rule (rows of a batch are sampled independently). For each sample we measure
+# the share of repeated 4-grams and the model's own loss on the sample (its perplexity,
+# evaluated like any text); real validation text of the same length is the reference.
+
+# %% tags=["nbval-ignore-output"]
+def repeated_4grams(ids: list[int]) -> float:
+    grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
+    return 1 - len(set(grams)) / len(grams)
+
+
+n_prompts, n_new = quick(10, 3), quick(200, 40)
+starts = np.linspace(0, len(val_text) - 400, n_prompts).astype(int)
+prompt_ids = torch.tensor(np.stack([val_text[s : s + 8] for s in starts]).astype(np.int64))
+rules = {"greedy": {"temperature": 0}, "T = 0.7": {"temperature": 0.7},
+         "T = 1.0": {"temperature": 1.0}, "top-k 40": {"top_k": 40},
+         "top-p 0.9": {"top_p": 0.9}}  # fmt: skip
+rows = {}
+for name, kw in rules.items():
+    out = generate(model, prompt_ids.to(device), n_new, seed=0, **kw)  # (10, 8 + 200)
+    samples = out[:, 8:].cpu().numpy()
+    rows[name] = samples
+real = np.stack([val_text[s + 8 : s + 8 + n_new] for s in starts]).astype(np.int64)
+rows["real text"] = real
+
+print(f"{'':>10} | repeated 4-grams | model's loss on it")
+for name, samples in rows.items():
+    rep = np.mean([repeated_4grams(list(s)) for s in samples])
+    loss = np.mean([evaluate_perplexity(model, s, stride=block_size // 2)["loss"] for s in samples])
+    print(f"{name:>10} | {rep:16.1%} | {loss:.2f}")
+
+# %% [markdown]
+# The measures order the rules in opposite ways. Greedy has by far the lowest loss (each token
+# is the model's favourite, so the model finds the text very likely) and by far the most
+# repetition: it falls into a loop and stays there. Lower temperatures and the truncating rules
+# sit in between. Sampling at $T = 1$ without truncation matches the model's own distribution
+# and, as Holtzman et al. (2020) found, real text sits close to it in loss, while greedy and
+# beam search produce text that is *more* likely than anything a human writes. Real text has
+# almost no repeated 4-grams over 200 tokens and a loss close to the model's test loss. Making
+# text likely and making it good are different goals.
+#
+# ## Exercise 3: min-p
+#
+# Min-p keeps the tokens whose probability is at least `p_min` times the largest probability,
+# so the threshold rises when the model is confident and falls when it is not.
+
+# %%
+def min_p_filter(logits: torch.Tensor, p_min: float) -> torch.Tensor:
+    """Keep the tokens with probability >= p_min * (largest probability), (..., V)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    threshold = p_min * probs.max(dim=-1, keepdim=True).values  # (..., 1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+z = torch.tensor([3.0, 1.5, 1.2, 1.0, 0.5, 0.2, -0.5, -1.0])  # the notebook's toy logits
+p = z.softmax(-1)
+print("toy: p / max p =", [round(x, 3) for x in (p / p.max()).tolist()])
+for p_min in (0.1, 0.2, 0.5):
+    print(f"  min-p {p_min}: keeps", torch.isfinite(min_p_filter(z, p_min)).sum().item(), "tokens")
+assert torch.isfinite(min_p_filter(z, 0.2)).tolist() == [True] * 2 + [False] * 6
+
+# %% tags=["nbval-ignore-output"]
+print(f"{'prompt':>28} | top p | top-p 0.9 | min-p 0.1 | min-p 0.05")
+for prompt in prompts:
+    z = next_logits(prompt)
+    kept = [torch.isfinite(f).sum().item() for f in
+            (top_p_filter(z, 0.9), min_p_filter(z, 0.1), min_p_filter(z, 0.05))]  # fmt: skip
+    print(f"{prompt!r:>28} | {z.softmax(-1).max().item():5.2f} | {kept[0]:9,} | {kept[1]:9,} "
+          f"| {kept[2]:10,}")  # fmt: skip
+
+# %% [markdown]
+# Both adapt to the model's certainty, but min-p adapts more. After "the United" both keep a
+# handful of tokens. After " The" top-p 0.9 has to gather 90% of a very flat distribution and
+# keeps thousands of tokens, deep into the tail; min-p keeps only the tokens within a factor of
+# 10 (or 20) of the best, a few dozen. That is the argument of Nguyen et al. (2024): the tail
+# that top-p lets in at high uncertainty is where incoherent samples come from, especially at
+# temperatures above 1.
+#
+# ## Exercise 4: batches
+#
+# Eight different 6-token prompts from the validation text, generated together and one by one:
+
+# %% tags=["nbval-ignore-output"]
+starts = np.linspace(0, len(val_text) - 100, 8).astype(int)
+batch = torch.tensor(np.stack([val_text[s : s + 6] for s in starts]).astype(np.int64)).to(device)
+n_new = quick(60, 20)
+together = generate(model, batch, n_new, temperature=0)  # (8, 6 + n_new)
+alone = torch.cat([generate(model, row[None], n_new, temperature=0) for row in batch])
+same = (together == alone).all(dim=1)
+print(f"rows equal to their own generation: {same.sum().item()} of {len(same)}")
+assert same.float().mean() >= 0.75  # a near-tie may flip an argmax (see below)
+
+# %% [markdown]
+# Every row of the batch equals its prompt generated alone (should one differ, it is a near
+# tie: a batched matrix multiply adds in another order, the last bits of two logits change,
+# and the argmax flips; after that the texts go their own ways). Throughput:
+
+# %% tags=["nbval-ignore-output"]
+n_new = quick(64, 16)
+throughput = {}
+for B in quick([1, 4, 16, 64], [1, 4]):
+    starts = np.arange(B) * 97  # B different 6-token prompts
+    prompts_b = torch.tensor(np.stack([val_text[s : s + 6] for s in starts]).astype(np.int64))
+    prompts_b = prompts_b.to(device)
+    generate(model, prompts_b, 4, temperature=0)  # warm-up
+    t0 = time.perf_counter()
+    generate(model, prompts_b, n_new, temperature=0)
+    throughput[B] = B * n_new / (time.perf_counter() - t0)
+    print(f"batch {B:>2}: {throughput[B]:8,.0f} tokens/s")
+assert max(throughput.values()) > throughput[1]
+
+# %% [markdown]
+# Tokens per second grow almost in proportion to the batch at first. A cached step multiplies
+# each token's vector by every weight matrix; with one token that is a matrix-*vector* product,
+# which reads the whole matrix (several MB for the course model, 8 MB for the output layer
+# alone) to do little arithmetic with it, so the step is limited by memory bandwidth. With a
+# batch, the same read serves $B$ vectors (a matrix-*matrix* product), until arithmetic becomes
+# the limit. That is why servers batch requests, on CPUs and GPUs alike.
+#
+# ## Exercise 5: the restart point
+#
+# A teacher-forced version of the cached loop with a free `keep`, built from the library's
+# `KVCache` and `forward_cached`. It also counts the tokens run through the model.
+
+# %%
+@torch.no_grad()
+def restart_losses(model, ids: torch.Tensor, keep: int) -> tuple[float, float]:
+    """Mean loss of predicting ids[t] (t >= block_size) with a cache that restarts from the
+    newest `keep` tokens when full; and the tokens processed per prediction."""
+    bs = model.config.block_size
+    cache = KVCache(model.config.n_layer, bs)
+    logits = forward_cached(model, ids[None, :bs], cache)[:, -1]  # (1, V)
+    losses, processed = [], 0
+    for t in range(bs, len(ids)):
+        losses.append(F.cross_entropy(logits.float(), ids[t : t + 1]).item())
+        if cache.length == bs:  # full: restart from the newest `keep` tokens
+            cache.reset()
+            logits = forward_cached(model, ids[None, t - keep + 1 : t + 1], cache)[:, -1]
+            processed += keep
+        else:
+            logits = forward_cached(model, ids[None, t : t + 1], cache)[:, -1]
+            processed += 1
+    return float(np.mean(losses)), processed / len(losses)
+
+
+# %% tags=["nbval-ignore-output"]
+ids = torch.from_numpy(val_text[: quick(block_size + 1024, 4 * block_size)].astype(np.int64))
+ids = ids.to(device)
+with torch.no_grad():  # the exact sliding window: every target sees the block_size tokens before it
+    windows = ids.unfold(0, block_size, 1)[:-1]  # (N - bs, bs)
+    logits = torch.cat([model(w)[0][:, -1] for w in windows.split(64)])  # (N - bs, V)
+    window_loss = F.cross_entropy(logits.float(), ids[block_size:]).item()
+keeps = sorted({max(1, block_size * f // 128) for f in (16, 32, 64, 96, 120)})
+print(f"sliding window: loss {window_loss:.3f}, {block_size} tokens run per prediction")
+print(f"{'keep':>5} | loss  | tokens run per token | formula bs/(bs-keep+1)")
+results = {}
+for keep in keeps:
+    loss, per_token = restart_losses(model, ids, keep)
+    results[keep] = (loss, per_token)
+    print(
+        f"{keep:>5} | {loss:.3f} | {per_token:20.2f} | {block_size / (block_size - keep + 1):.2f}"
+    )
+
+# %% [markdown]
+# The count follows from one cycle: after a restart the cache holds `keep` tokens and grows by
+# one per step, so it takes `block_size - keep` single-token steps to fill, then the next
+# restart runs `keep` tokens. A cycle makes `block_size - keep + 1` predictions and runs
+# `keep + (block_size - keep) = block_size` tokens through the model:
+#
+# $$\text{tokens per generated token} = \frac{\text{block\_size}}{\text{block\_size} -
+#   \text{keep} + 1}$$
+#
+# (the measured values are slightly different because the run starts with a full prefill and
+# ends mid-cycle). The uncached sliding window runs `block_size` tokens per token, 128 here.
+# The average context is $(\text{keep} + \text{block\_size}) / 2$ tokens, so the loss falls as
+# `keep` grows, towards the sliding window's (which is the stride-1 evaluation: context always
+# `block_size`). But the gain in loss is small, a few hundredths of a nat from `keep` = 16 to
+# 120, while the cost explodes near the top (at `keep = 120` a restart every 9 tokens, 14
+# tokens run per token). `keep = block_size // 2` costs about 2 tokens per token and loses
+# little: a good default, and the library's. (We count tokens, not time: the attention part
+# of a step also grows with the context, but at this size the matrix multiplies dominate.)
