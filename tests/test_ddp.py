@@ -51,6 +51,7 @@ SCRIPT = textwrap.dedent(
         callbacks=[lambda trainer, record: losses.append(record["loss"])],
     )
     result = trainer.fit()
+    trainer.close()  # leave the gloo group before exiting, as every torchrun script should
     rank = os.environ["RANK"]
     (folder / f"losses_{rank}.json").write_text(json.dumps([losses, result.steps]))
     """

@@ -192,11 +192,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{trainer.precision.name} | {trainer.tokens_per_step:,} tokens/step, "
         f"{c.max_steps} steps"
     )
-    result = trainer.fit()
-    if trainer.distributed:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        trainer.close(wait=False)
+        raise
+    trainer.close()
     if not trainer.is_main:
         return 130 if result.stopped == "interrupted" else 0
     print(f"stopped: {result.stopped} at step {result.steps} ({result.tokens_seen:,} tokens)")

@@ -363,6 +363,7 @@ class Trainer:
         self.config = cfg = config
         self.rank, self.local_rank, self.world_size = _dist_env()
         self.distributed = self.world_size > 1
+        self._owns_process_group = False
         self.is_main = self.rank == 0
         self.device = self._setup_device()
         self.precision = _precision_for(cfg.precision, self.device)
@@ -418,6 +419,7 @@ class Trainer:
         use_cuda = torch.cuda.is_available() and self.config.device in (None, "cuda")
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            self._owns_process_group = True
         if use_cuda:
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
@@ -766,6 +768,25 @@ class Trainer:
             stopped=stopped,
         )
 
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group this trainer joined (a no-op on one process).
+
+        Call it once training is over and before the process exits: every rank waits for
+        the others, then the group is torn down. Skipping it lets gloo's threads die with
+        the interpreter, which can abort the process ("terminate called without an
+        active exception"). After an error pass wait=False: the other ranks may never
+        reach the barrier. A group the caller created is left to the caller.
+        """
+        if not self._owns_process_group:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
+        self._owns_process_group = False
+
 
 def train_model(
     model_config: GPTConfig,
@@ -780,4 +801,10 @@ def train_model(
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
     trainer = Trainer(model, train_data, val_data, train_config, run_dir=run_dir, **trainer_kwargs)
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        trainer.close(wait=False)
+        raise
+    trainer.close()
+    return result
