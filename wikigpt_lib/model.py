@@ -8,7 +8,9 @@ weights transposed into `nn.Linear` layout), so GPT-2 checkpoints load straight 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,6 +173,25 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> GPT:
+        """GPT-2 weights from the Hugging Face hub or a local folder, in eval mode:
+        `GPT.from_pretrained("gpt2")` (also gpt2-medium, gpt2-large, gpt2-xl, any hub id
+        "owner/name", or a folder with config.json + model.safetensors). Keyword arguments
+        (dropout, device, revision, cache_dir) go to `wikigpt_lib.pretrained.load_pretrained`;
+        raises `PretrainedUnavailableError` within seconds when the files can't be had."""
+        from wikigpt_lib.pretrained import load_pretrained  # imports this module: import late
+
+        return load_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        """Export to `path` in the Hugging Face format (config.json + model.safetensors) that
+        `transformers.GPT2LMHeadModel.from_pretrained` loads with the same logits; see
+        `wikigpt_lib.pretrained.save_pretrained` (keyword: tokenizer). Returns the folder."""
+        from wikigpt_lib.pretrained import save_pretrained
+
+        return save_pretrained(self, path, **kwargs)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -1,19 +1,50 @@
-"""Convert Hugging Face GPT-2 models and weights into this library's `GPT`.
+"""OpenAI's GPT-2 in this library's `GPT`, both ways: load Hugging Face checkpoints, export ours.
+
+    GPT.from_pretrained("gpt2")         GPT-2 124M (also gpt2-medium, gpt2-large, gpt2-xl), any
+                                        hub id "owner/name", or a local folder
+    model.save_pretrained("my-gpt")     config.json + model.safetensors, which
+                                        transformers.GPT2LMHeadModel.from_pretrained loads
 
 OpenAI's GPT-2 stores its projections as `Conv1D` modules, whose weights are (in, out), the
 transpose of `nn.Linear`'s (out, in). Everything else already matches: our `GPT` uses the
-same parameter names as `transformers.GPT2LMHeadModel`. This module only converts what it is
-given; it never touches the network (a later chapter adds downloading).
+same parameter names as `transformers.GPT2LMHeadModel`.
+
+Downloads go through `huggingface_hub` and its cache (`$HF_HOME`, by default
+~/.cache/huggingface), so a model is fetched once. Only safetensors files are read, never
+pickles (`pytorch_model.bin`): unpickling a file can run any code its author put in it.
+When the files cannot be had (offline, unknown name, a folder without them) the error is a
+`PretrainedUnavailableError` that says what was tried and how to fix it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from wikigpt_lib.model import GPT, GPTConfig
+
+# The short names of OpenAI's four GPT-2 sizes and where the hub keeps them.
+HUB_IDS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # big models: weights split over several files
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 # Conv1D weights (in, out) that become nn.Linear weights (out, in).
 _CONV1D_SUFFIXES = (
@@ -156,3 +187,431 @@ def gpt_from_hf_model(hf_model: Any, dropout: float | None = None) -> GPT:
     model = GPT(config)
     model.load_state_dict(state_dict_from_hf(hf_sd, config))
     return model.train(hf_model.training)
+
+
+# ----------------------------------------------------------------------------- finding the files
+
+
+class PretrainedUnavailableError(OSError):
+    """The files of a pretrained model could not be found locally nor downloaded. The
+    message says what was tried and how to fix it."""
+
+
+def _offline_mode() -> bool:
+    """HF_HUB_OFFLINE, as the environment says now or as huggingface_hub read it on import."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable() -> bool:
+    # Offline, huggingface_hub retries for ~25 s before it gives up; a 3 s probe of the host
+    # answers at once (see wikigpt_lib.data.hub_reachable).
+    from wikigpt_lib.data import hub_reachable
+
+    return hub_reachable()
+
+
+def _download(repo_id: str, filename: str, **kwargs: Any) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, **kwargs))
+
+
+def _fetch(repo_id: str, filename: str, local_only: bool, **kwargs: Any) -> Path | None:
+    """`filename` of `repo_id` from the hub cache, downloaded first if need be; None if the
+    repo has no such file (or, when only the cache is searched, the cache lacks it)."""
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return _download(repo_id, filename, local_files_only=local_only, **kwargs)
+    except LocalEntryNotFoundError:
+        if local_only:
+            return None
+        raise  # online, yet neither the hub nor the cache gave the file: a connection problem
+    except EntryNotFoundError:
+        return None
+
+
+def _hub_cache(cache_dir: str | os.PathLike | None) -> str:
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def _fetch_from_hub(
+    name: str, tried: list[str], revision: str | None, cache_dir: str | os.PathLike | None
+) -> Path:
+    """The snapshot folder of model `name` in the hub cache, with config.json and the weights."""
+    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from wikigpt_lib.data import _hub_address
+
+    repo_id = HUB_IDS.get(name, name)
+    label = name if name == repo_id else f"{name} ({repo_id})"
+    local_only = _offline_mode()
+    if local_only:
+        tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
+    elif not _hub_reachable():
+        host, port = _hub_address()
+        tried.append(f"the Hugging Face hub: {host}:{port} cannot be reached (offline?)")
+        local_only = True
+    kwargs = {"revision": revision, "cache_dir": cache_dir}
+    where = f"the hub cache {_hub_cache(cache_dir)}" if local_only else f"the hub repo {repo_id}"
+    try:
+        config = _fetch(repo_id, CONFIG_FILE, local_only, **kwargs)
+        if config is None:
+            tried.append(f"{where}: no {CONFIG_FILE} of {repo_id}")
+            raise _unavailable(label, tried)
+        if _fetch(repo_id, WEIGHTS_FILE, local_only, **kwargs) is None:
+            index = _fetch(repo_id, INDEX_FILE, local_only, **kwargs)
+            if index is None:
+                tried.append(
+                    f"{where}: no {WEIGHTS_FILE} (nor {INDEX_FILE}) of {repo_id}; this library "
+                    "reads safetensors weights only, never pickles such as pytorch_model.bin"
+                )
+                raise _unavailable(label, tried)
+            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                if _fetch(repo_id, shard, local_only, **kwargs) is None:
+                    tried.append(f"{where}: no {shard} (listed in {INDEX_FILE})")
+                    raise _unavailable(label, tried)
+        return config.parent
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        tried.append(f"the hub: {type(err).__name__}: no repo {repo_id!r} at revision "
+                     f"{revision or 'main'} (or it is private or gated: log in with `hf auth login`)")  # fmt: skip
+        raise _unavailable(label, tried) from err
+    except (HfHubHTTPError, OSError) as err:
+        if isinstance(err, PretrainedUnavailableError):
+            raise
+        why = str(err).splitlines()[0][:200] if str(err) else ""
+        tried.append(
+            f"the hub, then the cache {_hub_cache(cache_dir)}: {type(err).__name__}: {why}"
+        )
+        raise _unavailable(label, tried) from err
+
+
+def _unavailable(what: str, tried: list[str]) -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"the pretrained model {what} could not be loaded. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + "\nTo fix: connect to the internet once (the files are then cached under $HF_HOME, "
+        "by default ~/.cache/huggingface); or, if they are cached elsewhere, point HF_HOME (or "
+        "HF_HUB_CACHE) there; or download config.json and model.safetensors yourself and pass "
+        "their folder: GPT.from_pretrained('path/to/folder')."
+    )
+
+
+def _check_folder(folder: Path) -> Path:
+    """`folder` if it holds config.json and safetensors weights; otherwise say what it lacks."""
+    if not (folder / CONFIG_FILE).is_file():
+        raise PretrainedUnavailableError(
+            f"{folder} has no {CONFIG_FILE}: a pretrained model folder holds {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}, as transformers' save_pretrained and GPT.save_pretrained write them."
+        )
+    if (folder / WEIGHTS_FILE).is_file() or (folder / INDEX_FILE).is_file():
+        return folder
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise PretrainedUnavailableError(
+            f"{folder} holds its weights only as pickle files ({', '.join(pickles)}), which this "
+            "library never loads: unpickling a file can run any code its author put in it. If "
+            "you trust it, convert it to safetensors once, e.g. with transformers: "
+            "GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder) writes "
+            f"{WEIGHTS_FILE}."
+        )
+    raise PretrainedUnavailableError(
+        f"{folder} has no {WEIGHTS_FILE} (nor {INDEX_FILE}): nothing to load the weights from."
+    )
+
+
+def fetch_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """The local folder holding a pretrained model's config.json and safetensors weights.
+
+    name_or_path: a folder (used as it is, and first: a folder named "gpt2" wins over the
+    hub); "gpt2", "gpt2-medium", "gpt2-large" or "gpt2-xl" (OpenAI's GPT-2 in
+    openai-community/...); or any hub id "owner/name". Hub files are downloaded once into the
+    huggingface_hub cache (`cache_dir`, default $HF_HOME/hub) and read from there afterwards,
+    also offline. Raises PretrainedUnavailableError within a few seconds when they cannot be
+    had, saying what was tried.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _check_folder(path)
+    name = str(name_or_path)
+    tried = [f"a local folder {path.absolute()}: there is none"]
+    if name not in HUB_IDS and not _HUB_ID.match(name):
+        raise PretrainedUnavailableError(
+            f"{name!r} is neither a folder nor a model name. Tried:\n  - {tried[0]}\nUse a "
+            f"folder with {CONFIG_FILE} and {WEIGHTS_FILE}, one of {', '.join(HUB_IDS)}, or a "
+            "Hugging Face hub id 'owner/name'."
+        )
+    return _check_folder(_fetch_from_hub(name, tried, revision, cache_dir))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object (a model config).")
+    return data
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s), on CPU."""
+    if (folder / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        files = sorted(set(_read_json(folder / INDEX_FILE)["weight_map"].values()))
+    sd: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            sd.update(load_file(str(folder / name)))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{folder / name} is truncated or not a safetensors file ({err}); download or "
+                "export it again."
+            ) from err
+    return sd
+
+
+def _bias_keys(sd: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k in sd if k.endswith(".bias") and not k.endswith(_BUFFER_SUFFIXES)]
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    dropout: float | None = None,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> GPT:
+    """A `GPT` with the weights of a Hugging Face GPT-2 checkpoint (see `fetch_pretrained` for
+    what `name_or_path` may be), in eval mode, float32, on `device`.
+
+    dropout: None keeps the checkpoint's (GPT-2: 0.1); 0.0 for deterministic fine-tuning.
+    A folder written by `save_pretrained` from a model without biases (the course presets)
+    loads as such when its biases are still all zero. Raises PretrainedUnavailableError when
+    the files cannot be had, ValueError when they do not describe a GPT-2 (which tensor,
+    expected vs found shape).
+    """
+    folder = fetch_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    hf_config = _read_json(folder / CONFIG_FILE)
+    model_type = hf_config.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model; only GPT-2 checkpoints (model_type "
+            "'gpt2') fit this library's GPT."
+        )
+    config = config_from_hf(hf_config, dropout=dropout)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in _read_weights(folder).items()}
+    ours = hf_config.get("wikigpt_config") or {}
+    if ours.get("bias") is False and not any(sd[k].any() for k in _bias_keys(sd)):
+        sd = {k: v for k, v in sd.items() if k not in set(_bias_keys(sd))}
+        config = config.replace(bias=False)
+    try:
+        converted = state_dict_from_hf(sd, config)
+    except ValueError as err:
+        raise ValueError(f"the weights in {folder} do not fit its {CONFIG_FILE}: {err}") from err
+    with torch.device("meta"):  # no random init of weights that are replaced right away
+        model = GPT(config)
+    model.load_state_dict(converted, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters: re-tie
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- exporting
+
+_TOKENIZER_EOT = {"gpt2": 50256, "wikitext2": 8191}  # id of <|endoftext|>: the last token
+
+
+def state_dict_to_hf(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The inverse of `state_dict_from_hf`: `GPT` weights in `GPT2LMHeadModel`'s layout.
+
+    Linear weights become Conv1D weights (transposed); a model without biases gets zero
+    biases (exactly the same function); the tied `lm_head.weight` is left out (it is
+    `transformer.wte.weight`, and safetensors refuses to store one tensor twice). CPU tensors.
+    """
+    expected = _expected_shapes(config.replace(bias=True))
+    extra = sorted(set(sd) - set(expected))
+    if extra:
+        raise ValueError(f"unexpected key(s) {extra[:5]}: not parameters of a GPT({config}).")
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in expected.items():
+        if key == "lm_head.weight":
+            continue
+        value = sd.get(key)
+        if value is None:
+            if not key.endswith(".bias"):
+                raise ValueError(f"the state dict lacks {key}.")
+            value = torch.zeros(shape, dtype=sd["transformer.wte.weight"].dtype)  # no bias
+        value = value.detach().cpu()
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{key}: shape {tuple(value.shape)}, expected {shape}.")
+        if key.endswith(_CONV1D_SUFFIXES):
+            value = value.t()  # Linear (out, in) -> Conv1D (in, out)
+        out[key] = value.contiguous()
+    return out
+
+
+def hf_config_dict(config: GPTConfig, tokenizer: str | None, dtype: torch.dtype) -> dict:
+    """The config.json of an exported model: a `transformers.GPT2Config` for `config`, plus
+    `wikigpt_tokenizer` (which tokenizer its ids come from) and `wikigpt_config` (our
+    config, which also records bias=False)."""
+    eot = _TOKENIZER_EOT.get(tokenizer or "")
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",  # GELU, tanh form: nn.GELU(approximate="tanh")
+        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default, which the model uses
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "wikigpt_tokenizer": tokenizer,
+        "wikigpt_config": config.to_dict(),
+    }
+
+
+def _tokenizer_name(tokenizer: str | None, config: GPTConfig) -> str | None:
+    if tokenizer == "auto":  # guess from the vocabulary size of the two tokenizers we know
+        return {50257: "gpt2", 8192: "wikitext2"}.get(config.vocab_size)
+    tokenizer = "wikitext2" if tokenizer == "course" else tokenizer
+    if tokenizer is not None and tokenizer not in _TOKENIZER_EOT:
+        raise ValueError(
+            f"tokenizer must be 'auto', 'gpt2', 'wikitext2' or None, not {tokenizer!r}."
+        )
+    if tokenizer is not None and config.vocab_size <= _TOKENIZER_EOT[tokenizer]:
+        raise ValueError(
+            f"the {tokenizer} tokenizer has {_TOKENIZER_EOT[tokenizer] + 1} tokens, more than "
+            f"this model's vocab_size {config.vocab_size}."
+        )
+    return tokenizer
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call write(temporary path) beside `path`, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _model_card(config: GPTConfig, n_params: int, tokenizer: str | None) -> str:
+    tok = {
+        "gpt2": "OpenAI's GPT-2 tokenizer (`tiktoken.get_encoding('gpt2')`, or transformers' "
+        "`GPT2TokenizerFast.from_pretrained('openai-community/gpt2')`).",
+        "wikitext2": "the Wiki-GPT course tokenizer, a byte-level BPE of 8,192 tokens: "
+        "`wikigpt_lib.get_tokenizer()`, or `wikigpt_lib.load_bpe('wikitext2_bpe_8192.tiktoken')` "
+        "with the ranks file in this folder.",
+    }.get(tokenizer or "", "not recorded: use the tokenizer the model was trained with.")
+    return (
+        "---\nlibrary_name: transformers\ntags: [gpt2, wikigpt]\n---\n\n"
+        f"A GPT-2-architecture language model ({n_params:,} parameters: {config.n_layer} layers, "
+        f"{config.n_head} heads, width {config.n_embd}, context {config.block_size}), exported "
+        "by `wikigpt_lib`.\n\n"
+        f"Tokenizer: {tok}\n\n"
+        "Load it with `transformers.GPT2LMHeadModel.from_pretrained(folder)` or "
+        "`wikigpt_lib.GPT.from_pretrained(folder)`.\n"
+    )
+
+
+def save_pretrained(model: GPT, path: str | os.PathLike, *, tokenizer: str | None = "auto") -> Path:
+    """Export `model` to `path` in the Hugging Face format; returns the folder.
+
+    Writes config.json (see `hf_config_dict`) and model.safetensors (Conv1D layout, zero
+    biases for a model without them, the tied head stored once), which
+    `transformers.GPT2LMHeadModel.from_pretrained(path)` and `GPT.from_pretrained(path)` load
+    with the same logits. tokenizer: "gpt2", "wikitext2" (the course's; its ranks file is
+    copied beside the weights), None, or "auto" (guessed from vocab_size). Also writes a short
+    README.md model card if the folder has none. A model with LoRA adapters must be merged
+    first (`wikigpt_lib.lora.merge_lora`).
+    """
+    from wikigpt_lib.checkpoint import unwrap_model
+
+    model = unwrap_model(model)
+    if not isinstance(model, GPT):
+        raise TypeError(f"save_pretrained exports a wikigpt GPT, got {type(model).__name__}.")
+    sd = model.state_dict()
+    if any(k.endswith((".lora_A", ".lora_B")) for k in sd):
+        raise ValueError(
+            "this model has LoRA adapters, which GPT-2 checkpoints cannot hold: fold them into "
+            "the weights with wikigpt_lib.lora.merge_lora(model) first."
+        )
+    config = model.config
+    tokenizer = _tokenizer_name(tokenizer, config)
+    tensors = state_dict_to_hf({k: v for k, v in sd.items() if k != "lm_head.weight"}, config)
+    hf_config = hf_config_dict(config, tokenizer, sd["transformer.wte.weight"].dtype)
+    folder = Path(path).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    text = json.dumps(hf_config, indent=2) + "\n"
+    _write_atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    if tokenizer == "wikitext2":
+        from wikigpt_lib.tokenizer import COURSE_TOKENIZER_FILE
+
+        with resources.as_file(resources.files("wikigpt_lib") / "assets") as assets:
+            shutil.copyfile(assets / COURSE_TOKENIZER_FILE, folder / COURSE_TOKENIZER_FILE)
+    if not (folder / "README.md").exists():
+        card = _model_card(config, model.num_params(), tokenizer)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    return folder
+
+
+def pretrained_tokenizer(name_or_path: str | os.PathLike, **fetch_kwargs: Any):
+    """The tokenizer (a `tiktoken.Encoding`) that a pretrained model's token ids come from:
+    GPT-2's for OpenAI's models and GPT-2 checkpoints (vocab 50,257), the one named by the
+    `wikigpt_tokenizer` key of an exported model's config.json otherwise (the course
+    tokenizer is read from the ranks file beside the weights when there is one)."""
+    from wikigpt_lib.tokenizer import COURSE_TOKENIZER_FILE, get_tokenizer, load_bpe
+
+    if str(name_or_path) in HUB_IDS and not Path(name_or_path).is_dir():
+        return get_tokenizer("gpt2")
+    folder = fetch_pretrained(name_or_path, **fetch_kwargs)
+    hf_config = _read_json(folder / CONFIG_FILE)
+    name = hf_config.get("wikigpt_tokenizer")
+    if (
+        name is None
+        and "wikigpt_tokenizer" not in hf_config
+        and hf_config.get("vocab_size") == 50257
+    ):
+        name = "gpt2"  # a GPT-2 checkpoint from elsewhere
+    if name == "gpt2":
+        return get_tokenizer("gpt2")
+    if name == "wikitext2":
+        ranks = folder / COURSE_TOKENIZER_FILE
+        return load_bpe(ranks) if ranks.is_file() else get_tokenizer("wikitext2")
+    raise ValueError(
+        f"{folder / CONFIG_FILE} does not say which tokenizer the model uses; load the one it "
+        "was trained with yourself."
+    )
