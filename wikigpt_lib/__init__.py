@@ -121,3 +121,69 @@ __all__ = [
     "top_p_filter",
     "words_of",
 ]
+
+# chat: template, SFT data and fine-tuning, chatting (09). `chat` here is the function; the
+# module stays importable as `from wikigpt_lib.chat import ...`.
+from wikigpt_lib.chat import (  # noqa: E402
+    ChatDataError,
+    ChatExample,
+    chat,
+    chat_stream,
+    encode_chat,
+    finetune_chat,
+    get_chat_tokenizer,
+    load_chat_model,
+    load_jsonl_examples,
+    parse_chat,
+    render_chat,
+    resize_token_embeddings,
+    save_chat_model,
+    wikitext_sft_examples,
+)
+
+__all__ += [
+    "ChatDataError",
+    "ChatExample",
+    "chat",
+    "chat_stream",
+    "encode_chat",
+    "finetune_chat",
+    "get_chat_tokenizer",
+    "load_chat_model",
+    "load_jsonl_examples",
+    "parse_chat",
+    "render_chat",
+    "resize_token_embeddings",
+    "save_chat_model",
+    "wikitext_sft_examples",
+]
+
+# pretrained: GPT-2 weights both ways (GPT.from_pretrained, GPT.save_pretrained); lora: low-rank
+# adapters for fine-tuning (08).
+from wikigpt_lib.lora import (  # noqa: E402
+    LoRALinear,
+    add_lora,
+    count_parameters,
+    lora_state_dict,
+    merge_lora,
+)
+from wikigpt_lib.pretrained import (  # noqa: E402
+    PretrainedUnavailableError,
+    fetch_pretrained,
+    load_pretrained,
+    pretrained_tokenizer,
+    save_pretrained,
+)
+
+__all__ += [
+    "LoRALinear",
+    "PretrainedUnavailableError",
+    "add_lora",
+    "count_parameters",
+    "fetch_pretrained",
+    "load_pretrained",
+    "lora_state_dict",
+    "merge_lora",
+    "pretrained_tokenizer",
+    "save_pretrained",
+]

@@ -10,6 +10,7 @@ wikigpt generate --checkpoint runs/cpu --prompt "The river" --max-new-tokens 100
                                      continue a prompt, streamed as it is generated
 wikigpt eval --checkpoint runs/cpu --split test
                                      loss, token and word perplexity, bits per byte
+wikigpt chat --checkpoint runs/chat  talk to a chat-tuned model (notebook 09); /exit or Ctrl-D
 """
 
 from __future__ import annotations
@@ -299,6 +300,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from wikigpt_lib.chat import chat_repl, load_chat_model
+    from wikigpt_lib.device import pick_device
+
+    model, tok = load_chat_model(args.checkpoint, pick_device(args.device))
+    print(
+        f"{args.checkpoint}: {model.num_params():,} parameters, context "
+        f"{model.config.block_size} tokens (older turns are forgotten beyond it)"
+    )
+    return chat_repl(
+        model,
+        tok,
+        system=args.system,
+        wikitext_input=not args.raw,
+        detokenize=not args.raw,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wikigpt", description="Wiki-GPT: a GPT built from scratch."
@@ -385,6 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "chat",
+        help="chat with a chat-tuned model in the terminal (/exit or Ctrl-D to quit)",
+        description="An interactive chat with the best checkpoint of a chat fine-tuning run "
+        "(notebook 09). Replies stream as they are generated; the conversation is trimmed from "
+        "its oldest turns to fit the context. /reset starts over; /exit or Ctrl-D quits.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--system", default=None, help="a system message to start with")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.add_argument(
+        "--raw", action="store_true", help="send and show text as typed (no WikiText spacing)"
+    )
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    p.set_defaults(func=_cmd_chat)
     return parser
 
 
