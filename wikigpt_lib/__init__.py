@@ -12,6 +12,9 @@ One module per idea, mirroring the notebooks:
     generate    greedy, temperature, top-k, top-p sampling, streaming, KV cache           (06)
     evaluate    perplexity: token, word-level, bits per byte, sliding windows             (07)
     ngram       unigram and Kneser-Ney n-gram baselines in word-level perplexity          (07)
+    pretrained  GPT-2 weights in (GPT.from_pretrained) and out (GPT.save_pretrained)      (08)
+    lora        low-rank adapters for fine-tuning, merged back for export                 (08)
+    chat        chat template, supervised fine-tuning data and loop, chatting             (09)
 """
 
 from wikigpt_lib.attention import CausalSelfAttention, attention

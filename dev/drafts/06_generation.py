@@ -15,11 +15,11 @@
 # %% [markdown]
 # # 06 · Generation
 #
-# Notebook 05 trained the course model to predict the next token. A language model does not
-# write text by itself: at every step it gives a probability for each of the 8,192 tokens of
-# the vocabulary, and a *decoding* rule picks one, appends it, and asks again. This notebook
-# looks at that distribution, builds the usual decoding rules (greedy, temperature, top-k,
-# top-p) and compares what they write, and then makes generation fast with a key/value
+# Notebook 05 showed how the course model learns to predict the next token. A language model
+# does not write text by itself: at every step it gives a probability for each of the 8,192
+# tokens of the vocabulary, and a *decoding* rule picks one, appends it, and asks again. This
+# notebook looks at that distribution, builds the usual decoding rules (greedy, temperature,
+# top-k, top-p) and compares what they write, and then makes generation fast with a key/value
 # cache.
 #
 # **What you will build**
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no Jupyter widgets
 
-from wikigpt_lib.checkpoint import load_model
+from wikigpt_lib.checkpoint import load_checkpoint, load_model
 from wikigpt_lib.data import detokenize, load_wikitext2, tokenize_split, wikitext2_source
 from wikigpt_lib.device import is_quick, pick_device, seed_everything
 from wikigpt_lib.model import GPT, GPTConfig
@@ -70,13 +70,14 @@ plt.rcParams["figure.dpi"] = 80  # small images keep the notebook file small
 # %% [markdown]
 # ## 1. The course model
 #
-# Notebook 05 (or `wikigpt train --preset cpu --out runs/cpu`) saves the course model in the
-# repository's `runs/cpu` folder: 4 layers, width 256, a context of 128 tokens, trained for 600
-# steps (about 15 minutes on two CPU cores). We load its best checkpoint. If the folder is not
-# there, the next cell trains a smaller model right here (the `cpu-quick` preset, a minute or
-# two), so the notebook always runs; in quick mode (the tests) it trains a tiny model for 30
-# steps, which writes nonsense, but nonsense of the right shape. The cell prints which model it
-# used: the outputs shown on GitHub come from the course model.
+# The course model is the `cpu` preset of notebook 05 (4 layers, width 256, a context of 128
+# tokens), trained on the whole WikiText-2 training split with the command line tool:
+# `wikigpt train --preset cpu --out runs/cpu`, run from the repository's root, saves it in the
+# `runs/cpu` folder. We load its best checkpoint. If the folder is not there, the next cell
+# trains the smaller `cpu-quick` preset right here (a minute or two), so the notebook always
+# runs; in quick mode (the tests) it trains a tiny model for 30 steps, which writes nonsense,
+# but nonsense of the right shape. The cell prints which model it used: the outputs shown on
+# GitHub come from the course model.
 
 # %% tags=["nbval-ignore-output"]
 RUN_DIR = Path("..") / "runs" / "cpu"  # relative to this notebook
@@ -86,7 +87,12 @@ tok = get_tokenizer()
 device = pick_device()
 if RUN_DIR.is_dir() and not is_quick():
     model = load_model(RUN_DIR, "best", map_location=device)
-    model_name = f"the course model from {RUN_DIR} (best checkpoint)"
+    state = load_checkpoint(RUN_DIR, "best").state  # step, tokens seen, validation loss
+    model_name = (
+        f"the course model from {RUN_DIR}: best checkpoint, step {state['step']:,} "
+        f"({state['tokens_seen'] / 1e6:.1f}M tokens seen), validation loss "
+        f"{state['best_val_loss']:.3f}"
+    )
 else:
     train_ids = tokenize_split(ds["train"], tok)
     val_ids = tokenize_split(ds["validation"], tok)
@@ -170,11 +176,12 @@ show("softmax", toy.softmax(-1))
 # ## 3. Greedy decoding
 #
 # The simplest rule takes the most likely token every time (`argmax`). It is deterministic, and
-# it makes each single step as likely as possible. That does not make the *text* likely or good:
-# the model's favourite continuation of "the album was released in the album" is more of the
-# same, and greedy decoding falls into loops. Here is the loop for generation, with greedy
-# decoding; the model sees at most `block_size` tokens, so each step feeds it the last
-# `block_size` tokens.
+# it makes each single step as likely as possible. That does not make the *text* good: once a
+# phrase has appeared, repeating it is often the single most likely next step (text does repeat
+# itself, and the model has learned that), so greedy decoding tends to fall into loops. Here is
+# the loop for generation, with greedy decoding; the model sees at most `block_size` tokens, so
+# each step feeds it the last `block_size` tokens.
+
 
 # %% tags=["nbval-ignore-output"]
 @torch.no_grad()
@@ -211,6 +218,7 @@ assert torch.equal(out, greedy(model, idx, 60))  # no randomness: the same text 
 # errors). As $\tau \to 0$ all mass goes to the argmax, which is greedy decoding; as
 # $\tau \to \infty$ the distribution becomes uniform. The name comes from the Boltzmann
 # distribution of statistical physics, which has exactly this form.
+
 
 # %%
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -260,6 +268,7 @@ plt.show()
 # and Dauphin, 2018) cuts the tail off: keep the $k$ most likely tokens, set the other logits
 # to $-\infty$ (probability 0), and renormalise.
 
+
 # %%
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row (..., V); set the others to -inf."""
@@ -285,6 +294,7 @@ for k in [1, 3, 5]:
 # cut to the distribution: sort the tokens by probability and keep the smallest set whose mass
 # reaches $p$, the *nucleus*. A token is kept when the tokens more likely than it hold less than
 # $p$ together; the most likely token is always kept.
+
 
 # %%
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -322,6 +332,7 @@ for context in [" the United", " The album was released in", " The"]:
 # the tempered distribution (the library's order; Hugging Face's `generate` does the same).
 # Here is what each does to the model's distribution, drawn for the 40 most likely tokens
 # (grey: filtered out):
+
 
 # %%
 def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None) -> torch.Tensor:
@@ -362,6 +373,7 @@ plt.show()
 # `torch.Generator` with a fixed seed makes a sample reproducible without touching PyTorch's
 # global random state. The function is a Python *generator* that yields each new token as
 # soon as it is chosen, so text can be shown while it is being written.
+
 
 # %%
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
@@ -461,6 +473,7 @@ streamed = "".join(pieces)
 # of shape `(B, n_head, length, head_size)`, and the number of positions they cover. A step then
 # runs one token through the model instead of up to `block_size`.
 
+
 # %%
 class Cache:
     """Keys and values of every layer for the tokens seen so far, at positions 0 ... length-1."""
@@ -485,6 +498,7 @@ class Cache:
 # cached position and the new ones up to itself: the causal mask, aligned to the bottom right.
 # The position embeddings must be those of the real positions, `past ... past + T - 1`, not
 # `0 ... T - 1`: the cache tracks how many positions it holds for exactly this.
+
 
 # %%
 def attend_cached(attn, x: torch.Tensor, cache: Cache, layer: int) -> torch.Tensor:
@@ -552,7 +566,8 @@ print(f"cache: {cache.length} positions; (B, n_head, length, head_size) in each 
 # (keys and values, all heads); for the course model, $2 \cdot 4 \cdot 256 = 2{,}048$ floats,
 # 8 KB per token in float32, 1 MB for a full context of 128. For GPT-2 small it is 74 KB per
 # token; large models with long contexts spend gigabytes on it, which is why newer models
-# share keys and values between heads.
+# share keys and values between heads (multi-query attention, Shazeer, 2019; grouped-query
+# attention, Ainslie et al., 2023).
 #
 # ## 9. Past the context: positions
 #
@@ -577,6 +592,7 @@ print(f"cache: {cache.length} positions; (B, n_head, length, head_size) in each 
 # To compare the three, score real text: take validation tokens, and predict every token after
 # the first `block_size` from the tokens before it (*teacher forcing*: the true tokens are fed
 # in, not sampled ones), with each scheme. A lower loss means better predictions.
+
 
 # %%
 @torch.no_grad()
@@ -632,12 +648,15 @@ plt.show()
 # The rolling cache's loss climbs as it fills with keys that all claim the last position; the
 # restarted cache stays close to the exact sliding window (its context is between half a
 # window and a whole one, so it is a little worse on average). Models that must go past their
-# context use position schemes that are *relative*, such as rotary embeddings (RoPE), where a
-# key's position enters only through its distance to the query; those can roll a cache
-# (approximately: the kept keys still carry traces of the tokens that dropped out).
+# context use position schemes that are *relative*, such as rotary embeddings (RoPE; Su et al.,
+# 2021), where a key's position enters only through its distance to the query. Those can roll
+# a cache, approximately: the kept keys still carry traces of the tokens that dropped out, and
+# in practice it works well only if the first few tokens are kept too (Xiao et al., 2024,
+# "Efficient Streaming Language Models with Attention Sinks").
 #
 # Here is the full generation loop with the cache and the restart: the prompt is the prefill,
 # each step runs one token, and a full cache restarts from the newest half.
+
 
 # %%
 @torch.no_grad()
@@ -679,8 +698,12 @@ print(f"{n} greedy tokens, past the context: the two agree on {agree:.0%} of the
 #
 # ## 10. How much faster?
 #
-# Time every step of generating `4 * block_size` tokens from the prompt of section 2, with and
-# without the cache. (Timings depend on the machine; the shapes of the curves do not.)
+# Time every step of generating `4 * block_size` tokens from the prompt of section 2, without
+# the cache, with this notebook's cache, and with the library's (`stream`, whose cache writes
+# into buffers allocated once instead of concatenating at every step). Each step is plotted
+# against the length of the sequence it continues. (Timings depend on the machine and on what
+# else it is doing; the shapes of the curves do not.)
+
 
 # %% tags=["nbval-ignore-output"]
 def step_times(steps) -> list[float]:
@@ -700,35 +723,44 @@ list(cached_steps(model, idx, 8, temperature=0))  # warm-up
 times = {
     "no cache": step_times(sample_steps(model, idx, n, temperature=0)),
     "KV cache": step_times(cached_steps(model, idx, n, temperature=0)),
+    "KV cache (library)": step_times(stream(model, idx, n, temperature=0)),
 }
+lengths = [idx.size(1) + i for i in range(n)]  # the sequence length that step i continues
 total = {name: sum(t) for name, t in times.items()}
-speedup = total["no cache"] / total["KV cache"]
-within = block_size - idx.size(1)
-speedup_within = sum(times["no cache"][:within]) / sum(times["KV cache"][:within])
-for name in times:
-    print(f"{name:>8}: {n} tokens in {total[name]:.2f} s ({n / total[name]:,.0f} tokens/s)")
-print(f"speed-up: {speedup:.1f}x over {n} tokens; {speedup_within:.1f}x for the first {within} "
-      f"(within the context)")  # fmt: skip
-assert speedup > 1
+within = block_size - idx.size(1)  # steps before the sequence outgrows the context
+for name, t in times.items():
+    print(f"{name:>18}: {n} tokens in {total[name]:5.2f} s ({n / total[name]:5,.0f} tokens/s); "
+          f"speed-up {total['no cache'] / total[name]:4.1f}x, within the context "
+          f"{sum(times['no cache'][:within]) / sum(t[:within]):4.1f}x")  # fmt: skip
+print("median ms per step at sequence length:")
+for L in [idx.size(1) + 4, block_size // 2, block_size - 4, 2 * block_size, 3 * block_size]:
+    i = L - idx.size(1)
+    row = {name: 1e3 * sorted(t[i - 4 : i + 4])[4] for name, t in times.items()}
+    print(f"  {L:>4}: " + " | ".join(f"{name} {ms:5.2f}" for name, ms in row.items()))
+assert total["no cache"] > total["KV cache"]
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3))
 for name, t in times.items():
-    axes[0].plot([1e3 * s for s in t], label=name, lw=0.8)
-    axes[1].plot([sum(t[: i + 1]) for i in range(len(t))], label=name)
+    axes[0].plot(lengths, [1e3 * s for s in t], label=name, lw=0.8)
+    axes[1].plot(lengths, [sum(t[: i + 1]) for i in range(len(t))], label=name)
 for ax in axes:
-    ax.axvline(within, color="grey", ls=":", lw=0.8)
-axes[0].set(xlabel="new token", ylabel="ms per step", yscale="log", title="Time per step")
-axes[1].set(xlabel="new tokens", ylabel="seconds", title="Total time")
-axes[0].legend()
+    ax.axvline(block_size, color="grey", ls=":", lw=0.8)
+axes[0].set(xlabel="sequence length (tokens)", ylabel="ms per step", yscale="log",
+            title="Time per step")  # fmt: skip
+axes[1].set(xlabel="sequence length (tokens)", ylabel="seconds", title="Total time")
+axes[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # Without the cache a step costs more and more as the sequence grows, up to the full window at
-# `block_size` (the dotted line), and stays there: every step is a full forward pass. With the
-# cache a step is one token at every length; the spikes every `block_size // 2` steps are the
-# restarts. The speed-up is largest past the context, where every uncached step runs a full
-# window. On a CPU a single cached step is limited by reading the weights from memory, not by
+# `block_size` (the dotted line), and stays there: every step is a full forward pass over the
+# last `block_size` tokens. With the cache a step runs one token at every length; its cost grows
+# only a little (attention reads more cached keys), and the spikes every `block_size // 2` steps
+# past the context are the restarts. The speed-up is largest past the context, where every
+# uncached step runs a full window. The notebook's cache copies all its keys and values at every
+# step (`torch.cat`); the library's writes the new ones into place, which is why it is a little
+# faster. On a CPU a single cached step is limited by reading the weights from memory, not by
 # arithmetic, so the gain is smaller than the ratio of tokens processed; on a GPU, with long
 # contexts and large batches, the cache is what makes generation practical at all.
 #
@@ -814,7 +846,7 @@ print("and the two caches hold the same keys and values")
 #    temperature (0.1 to 3, log scale). Which temperature makes the three distributions about
 #    as uncertain as a uniform choice among 10 tokens? Check the limits: at $\tau \to 0$ the
 #    entropy goes to 0 and at $\tau \to \infty$ to $\ln V$.
-# 2. *(medium)* Repetition. Generate 10 samples of 200 tokens (different seeds) with greedy,
+# 2. *(medium)* Repetition. Continue 10 different prompts by 200 tokens each with greedy,
 #    $\tau = 0.7$, $\tau = 1$, top-k 40 and top-p 0.9, and measure the share of repeated
 #    4-grams and the mean loss the model assigns to its own samples. How do the rules order on
 #    each measure? Compare with the same measures on real validation text.

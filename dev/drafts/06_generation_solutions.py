@@ -147,6 +147,7 @@ plt.show()
 # the share of repeated 4-grams and the model's own loss on the sample (its perplexity,
 # evaluated like any text); real validation text of the same length is the reference.
 
+
 # %% tags=["nbval-ignore-output"]
 def repeated_4grams(ids: list[int]) -> float:
     grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
@@ -187,6 +188,7 @@ for name, samples in rows.items():
 #
 # Min-p keeps the tokens whose probability is at least `p_min` times the largest probability,
 # so the threshold rises when the model is confident and falls when it is not.
+
 
 # %%
 def min_p_filter(logits: torch.Tensor, p_min: float) -> torch.Tensor:
@@ -265,6 +267,7 @@ assert max(throughput.values()) > throughput[1]
 #
 # A teacher-forced version of the cached loop with a free `keep`, built from the library's
 # `KVCache` and `forward_cached`. It also counts the tokens run through the model.
+
 
 # %%
 @torch.no_grad()

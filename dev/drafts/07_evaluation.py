@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no Jupyter widgets
 
-from wikigpt_lib.checkpoint import load_model
+from wikigpt_lib.checkpoint import load_checkpoint, load_model
 from wikigpt_lib.data import SAMPLE_SOURCE, load_wikitext2, tokenize_split, wikitext2_source
 from wikigpt_lib.device import is_quick, pick_device, quick
 from wikigpt_lib.model import GPT, GPTConfig
@@ -72,12 +72,12 @@ plt.rcParams["figure.dpi"] = 80  # small images keep the notebook file small
 # %% [markdown]
 # ## 1. The course model and the test split
 #
-# As in notebook 06: the course model from the repository's `runs/cpu` folder (trained by
-# notebook 05 or `wikigpt train --preset cpu --out runs/cpu`: 4 layers, width 256, context
-# 128, 600 steps), or, if that folder is missing, the smaller `cpu-quick` preset trained here;
-# in quick mode (the tests) a tiny model trained for 30 steps, and only the first 150 rows of
-# the test split. The cell prints what it used; the outputs on GitHub are the course model's on
-# the whole test split of `wikitext-2-v1`.
+# As in notebook 06: the course model from the repository's `runs/cpu` folder (the `cpu`
+# preset of notebook 05, trained by `wikigpt train --preset cpu --out runs/cpu`: 4 layers,
+# width 256, context 128), or, if that folder is missing, the smaller `cpu-quick` preset trained
+# here; in quick mode (the tests) a tiny model trained for 30 steps, and only the first 150 rows
+# of the test split. The cell prints what it used; the outputs on GitHub are the course model's
+# on the whole test split of `wikitext-2-v1`.
 
 # %% tags=["nbval-ignore-output"]
 RUN_DIR = Path("..") / "runs" / "cpu"  # relative to this notebook
@@ -88,7 +88,12 @@ tok = get_tokenizer()
 device = pick_device()
 if RUN_DIR.is_dir() and not is_quick():
     model = load_model(RUN_DIR, "best", map_location=device)
-    model_name = f"the course model from {RUN_DIR} (best checkpoint)"
+    state = load_checkpoint(RUN_DIR, "best").state  # step, tokens seen, validation loss
+    tokens_seen = state["tokens_seen"]
+    model_name = (
+        f"the course model from {RUN_DIR}: best checkpoint, step {state['step']:,}, "
+        f"validation loss {state['best_val_loss']:.3f}"
+    )
 else:
     train_ids = tokenize_split(ds["train"], tok)
     val_ids = tokenize_split(ds["validation"], tok)
@@ -105,15 +110,18 @@ else:
         model_name = "the cpu-quick preset, trained here (no runs/cpu folder)"
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
-    Trainer(model, train_ids, val_ids, train_config).fit()
+    tokens_seen = Trainer(model, train_ids, val_ids, train_config).fit().tokens_seen
     model = model.to(device).eval()
 block_size = model.config.block_size
+n_train_tokens = len(tokenize_split(ds["train"], tok))
 
 test_rows = ds["test"]["text"][: quick(len(ds["test"]), 150)]  # rows of text, "\n" included
 test_ids = tokenize_split(test_rows, tok)  # (N,) token ids of the rows joined
 print("data:", wikitext2_source(ds))
 print("model:", model_name)
 print(f"  {model.num_params():,} parameters, context {block_size} tokens, on {device}")
+print(f"  trained on {tokens_seen / 1e6:.2f}M tokens: {tokens_seen / n_train_tokens:.2f} passes "
+      f"over the {n_train_tokens / 1e6:.2f}M tokens of the training split")  # fmt: skip
 print(f"test split: {len(test_rows):,} rows, {len(test_ids):,} tokens")
 
 # %% [markdown]
@@ -162,8 +170,11 @@ print(
 )
 
 # %% [markdown]
-# Names are expensive (the model cannot know them), while the `=` that closes a heading or
-# the `<unk>` after a first name are cheap.
+# Names and unusual words are expensive: the model cannot know that this article is about a
+# Robert (about 10 nats), nor that "film" is followed by "television" (about 9). The line end
+# after a heading's closing `=` and the `<unk>` after a first name are cheap. Note the second
+# " Robert", right after the heading that names him: it still costs almost 7 nats, because a
+# model this small has barely learned to copy words from its context.
 #
 # ## 3. A long text, in windows
 #
@@ -175,6 +186,7 @@ print(
 # ones no earlier window reached; and the last window is moved back so that it ends exactly at
 # the last token. Every token but the first (which has nothing before it) is scored exactly
 # once. The function returns each token's loss and how many tokens of context it had.
+
 
 # %%
 @torch.no_grad()
@@ -223,25 +235,41 @@ assert (ctx_nonoverlap >= 1).all() and ctx_nonoverlap.max() == block_size
 # starts again. Averaged over a window, a token sees only about `block_size / 2` tokens. How
 # much does that cost? Group the losses by context length:
 
-# %%
+# %% tags=["nbval-ignore-output"]
+edges = [1, 2, 3, 5, 9, 17, 33, 65, block_size + 1]  # context bins 1, 2, 3-4, 5-8, ..., 65-128
+edges = [e for e in edges if e <= block_size] + [block_size + 1]
+print("tokens of context | share of tokens | mean loss")
+centres, means = [], []
+for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    in_bin = (ctx_nonoverlap >= lo) & (ctx_nonoverlap < hi)
+    centres.append(math.sqrt(lo * (hi - 1)))
+    means.append(loss_nonoverlap[in_bin].mean())
+    label = f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}"
+    print(f"{label:>17} | {in_bin.mean():15.1%} | {means[-1]:.3f}")
+if not is_quick():  # (quick mode's tiny model has barely learned to use any context)
+    assert means[0] > means[-1]  # one token of context is worse than a full window
+
 by_context = np.bincount(ctx_nonoverlap, weights=loss_nonoverlap) / np.maximum(
     np.bincount(ctx_nonoverlap), 1
 )  # mean loss for each context length (index 0 unused)
-lengths = np.arange(1, block_size + 1)
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(lengths, by_context[1:], lw=1)
+ax.plot(np.arange(1, block_size + 1), by_context[1:], lw=0.6, alpha=0.5, label="each length")
+ax.plot(centres, means, "o-", label="binned")
 ax.axhline(loss_nonoverlap.mean(), color="grey", ls="--", lw=0.8, label="non-overlapping mean")
 ax.set(xscale="log", xlabel="tokens of context", ylabel="mean loss (nats)",
        title="Loss against context, test split")  # fmt: skip
-ax.legend()
+ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The first few tokens of context matter most; after that the loss keeps falling slowly. The
-# non-overlapping mean (dashed) includes all the poorly informed predictions at the start of
-# each window, so it overstates the perplexity the model achieves when it can see a full window
-# of text, which is how it is used when it writes.
+# The first few tokens of context matter most: with one token the model can only guess from
+# the previous word piece; with a handful it knows the phrase it is in. For the course model
+# the curve is flat after about 16 tokens: it makes no measurable use of longer context
+# (larger, longer-trained models keep improving much further into theirs). The non-overlapping
+# mean (dashed) includes all the poorly informed predictions at the start of each window, so it
+# overstates the perplexity the model achieves when it sees a whole window of text, which is
+# how it is used when it writes.
 #
 # ## 4. Sliding windows
 #
@@ -282,17 +310,19 @@ if not is_quick():
     assert ppl_by_stride[strides[-1]] < ppl_by_stride[strides[0]]
 
 fig, ax = plt.subplots(figsize=(5, 3))
-ax.plot(strides, list(ppl_by_stride.values()), "o-")
-ax.set(xscale="log", xlabel="stride (tokens)", ylabel="token perplexity",
+ax.plot(range(len(strides)), list(ppl_by_stride.values()), "o-")
+ax.set_xticks(range(len(strides)), [f"{s}\n({block_size // s}x cost)" for s in strides])
+ax.set(xlabel="stride (tokens)", ylabel="token perplexity",
        title=f"Effect of the stride, {len(val_ids):,} validation tokens")  # fmt: skip
-ax.set_xticks(strides, [str(s) for s in strides])
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Most of the gain comes with the first halving; `block_size / 2` is a good compromise and the
-# setting we report. Whatever you choose, say it: two perplexities computed with different
-# windows are not comparable. (Language models with recurrent state, like the LSTMs below, carry
+# The first halving brings most of the gain: it removes the predictions made with almost no
+# context. For the course model smaller strides bring nothing more, because its loss is flat
+# beyond about 16 tokens of context (the last digits move with noise). `block_size / 2` is
+# the usual compromise and the setting we report. Whatever you choose, say it: two perplexities
+# computed with different windows are not comparable. (Language models with recurrent state, like the LSTMs below, carry
 # their state across the whole text, so every word they predict has all of the text before it.)
 #
 # ## 5. Perplexity per word, and bits per byte
@@ -341,7 +371,7 @@ if real_data and not is_quick():
 #
 # Both are just the token loss, rescaled: word perplexity $= \text{token PPL}^{N_\text{tokens} /
 # N_\text{words}}$. With about 1.19 course tokens per word, the course model's token perplexity
-# of about 150 becomes a word perplexity near 380.
+# of about 141 becomes a word perplexity of about 354.
 #
 # ## 6. N-gram baselines
 #
@@ -360,6 +390,7 @@ if real_data and not is_quick():
 #
 # The library's `wikigpt_lib.ngram` implements both with numpy in a few dozen lines. First the
 # unigram by hand, on the word stream (each row's words, then `<eos>`):
+
 
 # %% tags=["nbval-ignore-output"]
 def word_stream(rows) -> list[str]:
@@ -413,10 +444,13 @@ if real_data and not is_quick():  # the library author's numbers for wikitext-2-
 # All the numbers together, with results published for WikiText-2's test split. Every row is a
 # word-level perplexity on the same 245,569 words; for the published ones, bits per byte are
 # converted from the word perplexity with this split's word and byte counts (so they are
-# approximate: the original files differ slightly in their bytes).
+# approximate: the original files differ slightly in their bytes). A `~` marks the two
+# published figures that are only approximate (see the note after the table).
+
 
 # %% tags=["nbval-ignore-output"]
 def summarise(loss: np.ndarray) -> tuple[float, float, float, float]:
+    """Per-token losses -> (mean loss, token perplexity, word perplexity, bits per byte)."""
     total = loss.sum()
     return (
         total / len(loss),
@@ -426,43 +460,59 @@ def summarise(loss: np.ndarray) -> tuple[float, float, float, float]:
     )
 
 
-rows = []
+rows = []  # (name, params, word perplexity, bits per byte, approximate?, source)
 for name, loss in [(f"course model, stride {block_size}", loss_nonoverlap),
                    (f"course model, stride {block_size // 2}", loss_sliding)]:  # fmt: skip
     _, tok_ppl, word_ppl, bpb = summarise(loss)
-    rows.append((name, f"{model.num_params() / 1e6:.1f}M", word_ppl, bpb, "measured here"))
+    params = f"{model.num_params() / 1e6:.1f}M"
+    rows.append((name, params, word_ppl, bpb, False, "measured here"))
 for name, nats in ngram_nats.items():
-    rows.append((name, "", math.exp(nats / n_words), nats / n_bytes / math.log(2), "measured here"))
+    word_ppl, bpb = math.exp(nats / n_words), nats / n_bytes / math.log(2)
+    rows.append((name, "", word_ppl, bpb, False, "measured here"))
 published = [
-    ("Transformer, trained on WT2 only", "", 133.0, "commonly reported figure"),
-    ("LSTM, 650 units", "", 94.0, "commonly reported figure"),
-    ("Variational LSTM, 650 units, tied", "", 87.7, "Inan, Khosravi & Socher, ICLR 2017"),
-    ("AWD-LSTM", "33M", 65.8, "Merity, Keskar & Socher, ICLR 2018"),
+    ("Transformer, trained on WT2 only", "", 133.0, True, "see the note"),
+    ("LSTM, 2 x 650 units", "", 94.0, True, "see the note"),
+    ("Variational LSTM, 2 x 650, tied", "", 87.7, False, "Inan et al., ICLR 2017"),
+    ("AWD-LSTM", "33M", 65.8, False, "Merity et al., ICLR 2018"),
 ]
 whole_split = real_data and n_words == 245_569  # the published figures are for the whole split
-for name, params, word_ppl, source in published:
+for name, params, word_ppl, approx, source in published:
     bpb = math.log(word_ppl) * n_words / n_bytes / math.log(2) if whole_split else math.nan
-    rows.append((name, params, word_ppl, bpb, source))
+    rows.append((name, params, word_ppl, bpb, approx, source))
 
-print(f"{'model':<36} {'params':>6} {'word ppl':>9} {'bits/byte':>9}  source")
-for name, params, word_ppl, bpb, source in rows:
-    print(f"{name:<36} {params:>6} {word_ppl:>9.1f} {bpb:>9.3f}  {source}".replace("nan", "  -"))
+print(f"{'model':<34} {'params':>6} {'word ppl':>9} {'bits/byte':>9}  source")
+for name, params, word_ppl, bpb, approx, source in rows:
+    ppl_text = f"{'~' if approx else ''}{word_ppl:.1f}"
+    bpb_text = "-" if math.isnan(bpb) else f"{'~' if approx else ''}{bpb:.3f}"
+    print(f"{name:<34} {params:>6} {ppl_text:>9} {bpb_text:>9}  {source}")
 loss, tok_ppl, word_ppl, bpb = summarise(loss_sliding)
 print(f"\ncourse model, stride {block_size // 2}: loss {loss:.4f} nats per token, token perplexity "
       f"{tok_ppl:.1f}, word perplexity {word_ppl:.1f}, {bpb:.3f} bits per byte")  # fmt: skip
 
+fig, ax = plt.subplots(figsize=(7, 3.2))
+names = [r[0] for r in rows][::-1]  # top to bottom as in the table
+colours = ["C0" if r[5] == "measured here" else "C1" for r in rows][::-1]
+ax.barh(names, [r[2] for r in rows][::-1], color=colours)
+ax.set(xscale="log", xlabel="word perplexity, test split (log scale; lower is better)",
+       title="WikiText-2 test: measured here (blue) and published (orange)")  # fmt: skip
+ax.tick_params(axis="y", labelsize=8)
+fig.tight_layout()
+plt.show()
+
 # %% [markdown]
-# Be honest about what this says. The course model, 15 minutes on two CPU cores, reaches a word
-# perplexity in the high 300s: far better than counting words (the unigram), but **worse than
-# the Kneser-Ney bigram and trigram**, which are fitted in two seconds, and four to six times
-# the perplexity of the LSTMs of 2016-2018. Why:
+# Be honest about what this says. The course model, trained for about a quarter of an hour on
+# two CPU cores, reaches a word perplexity of about 355: far better than counting words (the
+# unigram), but **worse than the Kneser-Ney bigram and trigram**, which are fitted in seconds,
+# and four to five times the perplexity of the LSTMs of 2016-2018. Why:
 #
-# - it trained on about 2.5 million tokens, less than one pass over WikiText-2's training split
-#   (600 steps × 32 × 128 tokens); the n-gram models use every count of the training words
-#   exactly, and the LSTMs trained for many passes on a GPU, with heavy regularisation
-#   (AWD-LSTM's weight-dropped LSTM, variational dropout, averaged SGD);
-# - it is small (5 million parameters, 40% of them the embedding table) and its context, 128
-#   tokens, is short; the loss-against-context curve of section 3 still falls at 128;
+# - it saw the training text about once (the cell of section 1 prints how many tokens it
+#   trained on); the n-gram models use every count of the training words exactly, and the LSTMs
+#   trained for many passes on a GPU, with heavy regularisation (AWD-LSTM's weight-dropped
+#   LSTM, variational dropout, averaged SGD);
+# - it is small (5 million parameters, 40% of them the embedding table), and it makes little
+#   use of its context: the loss-against-context curve of section 3 is flat after about 16
+#   tokens (LSTM language models were measured to use about 200 tokens of context:
+#   Khandelwal et al., 2018, "Sharp Nearby, Fuzzy Far Away");
 # - transformers trained *only* on WikiText-2 typically do worse than well-regularised LSTMs on
 #   it (the "about 133" row): two million words are little data for a model without the LSTM's
 #   built-in bias towards recent words.
@@ -473,12 +523,19 @@ print(f"\ncourse model, stride {block_size // 2}: loss {loss:.4f} nats per token
 # table (Radford et al., 2019). Whatever the model, compare it as we did here: the same split,
 # sliding windows, word-level perplexity or bits per byte.
 #
-# On the figures: the AWD-LSTM result (65.8) is from Merity, Keskar and Socher,
-# "Regularizing and Optimizing LSTM Language Models", ICLR 2018; the tied 650-unit variational
-# LSTM (87.7) is from Inan, Khosravi and Socher, "Tying Word Vectors and Word Classifiers",
-# ICLR 2017. The "about 94" for a 650-unit LSTM and "about 133" for a transformer trained on
-# WikiText-2 alone are commonly reported figures that we could not trace to one source; treat
-# them as rough.
+# **On the published figures.** AWD-LSTM, 65.8: Merity, Keskar and Socher, "Regularizing and
+# Optimizing LSTM Language Models", ICLR 2018; the test perplexity of their fine-tuned model
+# (33 million parameters, 68.6 on validation); a neural cache on top brings it to 52.0.
+# Variational LSTM, 87.7: Inan, Khosravi and Socher, "Tying Word Vectors and Word Classifiers:
+# A Loss Framework for Language Modeling", ICLR 2017: two layers of 650 units with the input
+# and output embeddings tied. The two rows marked `~` are approximate, and we could not check
+# them against a table: "about 94" for a medium LSTM (two layers of 650 units, the size
+# Zaremba et al., 2014, called medium) is, as far as we know, close to the medium-LSTM
+# baselines that Merity et al. report in "Pointer Sentinel Mixture Models" (ICLR 2017), the
+# paper that introduced WikiText-2; "about 133" for a standard Transformer trained on WikiText-2 alone is a figure we
+# could not trace to one paper. That plain Transformers trained on small corpora such as this
+# one trail well-tuned LSTMs is reported, for example, by Wang, Li and Smola (2019, "Language
+# Models with Transformers"). Treat both as rough.
 #
 # ## Check against the library
 #
@@ -491,7 +548,7 @@ print(f"\ncourse model, stride {block_size // 2}: loss {loss:.4f} nats per token
 from wikigpt_lib.data import count_words
 from wikigpt_lib.evaluate import evaluate_perplexity, score_windows
 
-n_check = quick(20_000, 2_000)
+n_check = quick(10_000, 2_000)
 for ids, stride in [(test_ids[:n_check], block_size), (test_ids[:n_check], block_size // 2),
                     (test_ids[:3_000], 7), (test_ids[: block_size + 5], 3),
                     (test_ids[:10], block_size)]:  # fmt: skip
@@ -506,11 +563,9 @@ for ids, stride in [(test_ids[:n_check], block_size), (test_ids[:n_check], block
     assert sum(n for _, n in windows) == len(loss) and ctx.min() >= 1
 print("token_losses == evaluate_perplexity: total loss, word perplexity, bits per byte")
 
-lib = evaluate_perplexity(model, test_ids, n_words=count_words(test_rows), n_bytes=n_bytes)
-assert math.isclose(lib["total_nats"], loss_nonoverlap.sum(), rel_tol=1e-6)
 assert count_words(test_rows) == n_words == len(test_words)
 assert math.isclose(UnigramLM().fit(train_words).perplexity(test_words), unigram_ppl, rel_tol=1e-9)
-print("whole test split: the same total loss; word count == count_words; unigram == UnigramLM")
+print("word count == count_words; hand-made unigram == UnigramLM")
 
 # %% [markdown]
 # ## Summary
@@ -524,8 +579,9 @@ print("whole test split: the same total loss; word count == count_words; unigram
 #   (whitespace words plus one end-of-line per line: 245,569 on the test split) it is the word
 #   perplexity of the WikiText-2 literature; divided by the bytes, in bits, it is bits per byte.
 # - Add-one unigram, Kneser-Ney bigram and trigram reach word perplexities of about 914, 266 and
-#   235 on the test split; the 15-minute CPU model is between the unigram and the bigram,
-#   and far from the LSTMs of 2016-2018 (88-100, AWD-LSTM 65.8).
+#   235 on the test split. The course model, a quarter of an hour on a CPU, reaches about 355:
+#   between the unigram and the bigram, and far from the LSTMs of 2016-2018 (about 88-94;
+#   AWD-LSTM 65.8).
 #
 # ## Exercises
 #
