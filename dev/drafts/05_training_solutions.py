@@ -199,13 +199,22 @@ plt.show()
 # %% [markdown]
 # The curve has the typical shape: too small a rate learns slowly (the loss after 100 steps is
 # still high), the loss falls as the rate grows, reaches a minimum, and then rises again as steps
-# become so large that they overshoot. The best rate in this short run lies around a few times
-# `1e-3` (the `cpu-quick` preset uses `2e-3`); about ten times higher, training is clearly worse,
-# and at `1e-1` it barely learns at all. Clipping helps most near the edge: it caps the size of
-# the occasional huge step, so the clipped runs degrade more gently at high rates, but it cannot
-# rescue a rate that is simply too large, because Adam's step size does not depend on the size
-# of the gradient anyway (it divides by it). Two caveats: the best rate for 100 steps is higher
-# than for a long run, and the best rate falls as models grow.
+# become so large that they overshoot. The best rate in this short run lies between `1e-3` and
+# `3e-3` (the `cpu-quick` preset uses `2e-3`); ten times higher, training is clearly worse, and
+# from `1e-1` up the loss stays near 7.1 nats: about the entropy of the token frequencies in
+# the training text (7.05 nats), so the model learns which tokens are common and nothing about
+# context. Training does not blow up: Adam's step size does not depend on the size of the
+# gradient (it divides by it), so a too-large rate makes every step too big rather than making
+# the loss explode.
+#
+# Clipping does not move that limit here: with and without it the losses at high rates agree
+# to a few hundredths, and at `1e-2` the run without clipping even did better (6.92 against
+# 7.07 in the run on the real data). Again because of Adam: scaling every gradient by the same
+# factor changes $m$ and $\sqrt{v}$ alike and leaves the update unchanged, so clipping only
+# matters when the factor changes from step to step, that is when one batch gives a gradient
+# spike; it caps that one step. That is its job in long runs of large models: a safety net
+# against rare spikes, not a way to train at higher rates. Two caveats: the best rate for 100
+# steps is higher than for a long run, and the best rate falls as models grow.
 #
 # ## Exercise 3: early stopping by hand, and regularisation
 #
@@ -393,14 +402,16 @@ for batch_size, accum in settings:
     )
 
 # %% [markdown]
-# Accumulation does not make training faster per token; it makes larger batches possible.
-# Batch 32 × 4 runs at about the speed of batch 32 × 1 (four times the tokens per step, four
-# times the time per step). Batch 8 × 4 sees the same 1,024 sequences per step as 32 × 1 but
-# is slower: smaller matrix multiplies use the hardware less efficiently and the fixed costs of
-# each forward and backward pass (kernel launches, Python overhead) are paid four times. On a GPU
-# the gap is much larger than on a CPU. Use accumulation when the batch you want does not fit in
-# memory (long contexts, large models, a small GPU), or to keep the effective batch size of a
-# recipe when you move it to a machine with less memory.
+# (The run shown shared the CPU with other jobs, so its absolute numbers are low,
+# about a quarter of what the `cpu` preset reaches on a quiet machine; the comparison holds.)
+# Accumulation does not make training faster per token; it makes larger batches possible. Batch 32 ×
+# 4 runs at about the speed of batch 32 × 1 (four times the tokens per step, four times the time per
+# step). Batch 8 × 4 sees the same 32 sequences (4,096 tokens) per step as 32 × 1 but is slower:
+# smaller matrix multiplies use the hardware less efficiently and the fixed costs of each forward
+# and backward pass (kernel launches, Python overhead) are paid four times. On a GPU the gap is much
+# larger than on a CPU. Use accumulation when the batch you want does not fit in memory (long
+# contexts, large models, a small GPU), or to keep the effective batch size of a recipe when you
+# move it to a machine with less memory.
 #
 # ## Exercise 5: fp16 without a scaler
 #
@@ -435,14 +446,14 @@ plt.show()
 
 # %% [markdown]
 # Here the share is small: a few hundredths of a percent, the thin tail on the left of the
-# histogram. This is the first step of a small, shallow model whose loss is still near 9; as
-# the loss falls the gradients shrink, deeper models have smaller gradients in their early layers,
-# and the share that fp16 flushes to zero grows. Scaling the loss by $2^{16}$ moves the whole
-# distribution into fp16's range, and even the largest gradients (about $10^{-2} \cdot 2^{16}
-# \approx 650$) stay far below fp16's largest number, 65,504. If they did not, the scaler would
-# see an inf, skip the step and halve its factor. This simulation rounds the *final* weight
-# gradients; in real fp16 autocast the gradients of the activations flowing backward are fp16
-# too, and those underflow in the same way, which is what the scaler protects.
+# histogram. This is the first step of a small, shallow model whose loss is still near 9; as the
+# loss falls the gradients shrink, deeper models have smaller gradients in their early layers, and
+# the share that fp16 flushes to zero grows. Scaling the loss by $2^{16}$ moves the whole
+# distribution into fp16's range, and even the largest gradients (a few times $10^{-2}$, so a few
+# thousand after scaling) stay far below fp16's largest number, 65,504. If they did not, the scaler
+# would see an inf, skip the step and halve its factor. This simulation rounds the *final* weight
+# gradients; in real fp16 autocast the gradients of the activations flowing backward are fp16 too,
+# and those underflow in the same way, which is what the scaler protects.
 #
 # On a CUDA GPU you can watch it happen: the tiny model trained with fp16 autocast, with and
 # without a `GradScaler`.

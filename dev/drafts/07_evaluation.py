@@ -318,11 +318,11 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The first halving brings most of the gain: it removes the predictions made with almost no
-# context. For the course model smaller strides bring nothing more, because its loss is flat
-# beyond about 16 tokens of context (the last digits move with noise). `block_size / 2` is
-# the usual compromise and the setting we report. Whatever you choose, say it: two perplexities
-# computed with different windows are not comparable. (Language models with recurrent state, like the LSTMs below, carry
+# The first halving brings most of the gain: it removes the predictions made with almost no context.
+# For the course model smaller strides bring nothing more, because its loss is flat beyond about 16
+# tokens of context (the last digits move with noise). `block_size / 2` is the usual compromise and
+# the setting we report. Whatever you choose, say it: two perplexities computed with different
+# windows are not comparable. (Language models with recurrent state, like the LSTMs below, carry
 # their state across the whole text, so every word they predict has all of the text before it.)
 #
 # ## 5. Perplexity per word, and bits per byte
@@ -524,18 +524,18 @@ plt.show()
 # sliding windows, word-level perplexity or bits per byte.
 #
 # **On the published figures.** AWD-LSTM, 65.8: Merity, Keskar and Socher, "Regularizing and
-# Optimizing LSTM Language Models", ICLR 2018; the test perplexity of their fine-tuned model
-# (33 million parameters, 68.6 on validation); a neural cache on top brings it to 52.0.
-# Variational LSTM, 87.7: Inan, Khosravi and Socher, "Tying Word Vectors and Word Classifiers:
-# A Loss Framework for Language Modeling", ICLR 2017: two layers of 650 units with the input
-# and output embeddings tied. The two rows marked `~` are approximate, and we could not check
-# them against a table: "about 94" for a medium LSTM (two layers of 650 units, the size
-# Zaremba et al., 2014, called medium) is, as far as we know, close to the medium-LSTM
-# baselines that Merity et al. report in "Pointer Sentinel Mixture Models" (ICLR 2017), the
-# paper that introduced WikiText-2; "about 133" for a standard Transformer trained on WikiText-2 alone is a figure we
-# could not trace to one paper. That plain Transformers trained on small corpora such as this
-# one trail well-tuned LSTMs is reported, for example, by Wang, Li and Smola (2019, "Language
-# Models with Transformers"). Treat both as rough.
+# Optimizing LSTM Language Models", ICLR 2018; the test perplexity of their fine-tuned model (33
+# million parameters, 68.6 on validation); a neural cache on top brings it to 52.0. Variational
+# LSTM, 87.7: Inan, Khosravi and Socher, "Tying Word Vectors and Word Classifiers: A Loss Framework
+# for Language Modeling", ICLR 2017: two layers of 650 units with the input and output embeddings
+# tied. The two rows marked `~` are approximate, and we could not check them against a table: "about
+# 94" for a medium LSTM (two layers of 650 units, the size Zaremba et al., 2014, called medium) is,
+# as far as we know, close to the medium-LSTM baselines that Merity et al. report in "Pointer
+# Sentinel Mixture Models" (ICLR 2017), the paper that introduced WikiText-2; "about 133" for a
+# standard Transformer trained on WikiText-2 alone is a figure we could not trace to one paper. That
+# plain Transformers trained on small corpora such as this one trail well-tuned LSTMs is reported,
+# for example, by Wang, Li and Smola (2019, "Language Models with Transformers"). Treat both as
+# rough.
 #
 # ## Check against the library
 #

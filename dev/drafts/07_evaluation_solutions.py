@@ -147,14 +147,13 @@ print(f"token unigram (add-one): {units(unigram_total, len(scored))}")
 assert unigram_total < uniform_total
 
 # %% [markdown]
-# The uniform model has token perplexity 8,192 by construction; per word it is far worse
-# (each word costs about 1.2 tokens' worth of $\ln 8192$). The token unigram's word perplexity
-# comes out at a few thousand (about 3,400), almost four times the word-level unigram's 914. Both are
-# "unigram" models, but of different things: the word unigram gives each *word* one
-# probability, while the token unigram must spell a word out of independently drawn pieces and
-# pays for every piece, and it also spends probability on token sequences that are not words
-# at all. The comparison is only possible because both numbers are per word, or per byte, of
-# the same text.
+# The uniform model has token perplexity 8,192 by construction; per word it is far worse (each word
+# costs about 1.2 tokens' worth of $\ln 8192$). The token unigram's word perplexity comes out at a
+# few thousand (about 3,400), almost four times the word-level unigram's 914. Both are "unigram"
+# models, but of different things: the word unigram gives each *word* one probability, while the
+# token unigram must spell a word out of independently drawn pieces and pays for every piece, and it
+# also spends probability on token sequences that are not words at all. The comparison is only
+# possible because both numbers are per word, or per byte, of the same text.
 #
 # ## Exercise 2: is the difference real?
 #
