@@ -645,16 +645,16 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The rolling cache falls behind as it fills with keys computed at stale positions, every new
-# one claiming the same last position. The restarted cache stays close to the exact sliding
-# window; its context, between half a window and a whole one, is shorter, but that costs this
-# model nothing measurable (notebook 07 shows that its loss stops improving after about 16
-# tokens of context), and on this text it even comes out slightly ahead. Models that must go past their
-# context use position schemes that are *relative*, such as rotary embeddings (RoPE; Su et al.,
-# 2021), where a key's position enters only through its distance to the query. Those can roll
-# a cache, approximately: the kept keys still carry traces of the tokens that dropped out, and
-# in practice it works well only if the first few tokens are kept too (Xiao et al., 2024,
-# "Efficient Streaming Language Models with Attention Sinks").
+# The rolling cache falls behind as it fills with keys computed at stale positions, every new one
+# claiming the same last position. The restarted cache stays close to the exact sliding window; its
+# context, between half a window and a whole one, is shorter, but that costs this model nothing
+# measurable (notebook 07 shows that its loss stops improving after about 16 tokens of context), and
+# on this text it even comes out slightly ahead. Models that must go past their context use position
+# schemes that are *relative*, such as rotary embeddings (RoPE; Su et al., 2021), where a key's
+# position enters only through its distance to the query. Those can roll a cache, approximately: the
+# kept keys still carry traces of the tokens that dropped out, and in practice it works well only if
+# the first few tokens are kept too (Xiao et al., 2024, "Efficient Streaming Language Models with
+# Attention Sinks").
 #
 # Here is the full generation loop with the cache and the restart: the prompt is the prefill,
 # each step runs one token, and a full cache restarts from the newest half.

@@ -132,13 +132,14 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Entropy grows monotonically with the temperature, from 0 (all mass on the argmax: greedy)
-# towards $\ln V = 9.01$ nats (uniform over the 8,192 tokens). The three prompts need very
-# different temperatures for the same uncertainty: after "the United" the model is so sure of
-# " States" that even $T \approx 1.5$ leaves it fairly certain, while after " The" it is already
-# far more uncertain than 10 tokens at $T = 1$ and needs a temperature of about 0.5 to get
-# there. One temperature cannot give every context the same amount of randomness, which is the
-# motivation for top-p.
+# Entropy grows monotonically with the temperature, from 0 (all mass on the argmax: greedy) towards
+# $\ln V = 9.01$ nats (uniform over the 8,192 tokens). The three prompts need very different
+# temperatures for the same uncertainty: after "the United" the model is so sure of " States" that
+# it takes $T \approx 1.1$ to make it as uncertain as 10 equally likely tokens, while after " The"
+# it is far more uncertain than that already at $T = 1$ (7.3 nats, like a choice among some 1,400
+# tokens) and needs $T \approx 0.4$ to get there (numbers from the run on the real data). One
+# temperature cannot give every context the same amount of randomness, which is the motivation for
+# top-p.
 #
 # ## Exercise 2: repetition
 #
@@ -256,12 +257,15 @@ for B in quick([1, 4, 16, 64], [1, 4]):
 assert max(throughput.values()) > throughput[1]
 
 # %% [markdown]
-# Tokens per second grow almost in proportion to the batch at first. A cached step multiplies
+# Tokens per second grow with the batch, almost in proportion at first (in the run on the real data,
+# 2.5 times from batch 1 to 4 and 3 times more to 16). At 64 they fell again in that run, which
+# shared the machine with other jobs (the larger working set, 64 rows of 8,192 logits and 64 caches,
+# may also stop fitting in the CPU's caches); measure on your own machine. A cached step multiplies
 # each token's vector by every weight matrix; with one token that is a matrix-*vector* product,
-# which reads the whole matrix (several MB for the course model, 8 MB for the output layer
-# alone) to do little arithmetic with it, so the step is limited by memory bandwidth. With a
-# batch, the same read serves $B$ vectors (a matrix-*matrix* product), until arithmetic becomes
-# the limit. That is why servers batch requests, on CPUs and GPUs alike.
+# which reads the whole matrix (several MB for the course model, 8 MB for the output layer alone) to
+# do little arithmetic with it, so the step is limited by memory bandwidth. With a batch, the same
+# read serves $B$ vectors (a matrix-*matrix* product), until arithmetic becomes the limit. That is
+# why servers batch requests, on CPUs and GPUs alike.
 #
 # ## Exercise 5: the restart point
 #
@@ -317,12 +321,16 @@ for keep in keeps:
 # $$\text{tokens per generated token} = \frac{\text{block\_size}}{\text{block\_size} -
 #   \text{keep} + 1}$$
 #
-# (the measured values are slightly different because the run starts with a full prefill and
-# ends mid-cycle). The uncached sliding window runs `block_size` tokens per token, 128 here.
-# The average context is $(\text{keep} + \text{block\_size}) / 2$ tokens, so the loss falls as
-# `keep` grows, towards the sliding window's (which is the stride-1 evaluation: context always
-# `block_size`). But the gain in loss is small, a few hundredths of a nat from `keep` = 16 to
-# 120, while the cost explodes near the top (at `keep = 120` a restart every 9 tokens, 14
-# tokens run per token). `keep = block_size // 2` costs about 2 tokens per token and loses
-# little: a good default, and the library's. (We count tokens, not time: the attention part
-# of a step also grows with the context, but at this size the matrix multiplies dominate.)
+# (the measured values are slightly different because the run starts with a full prefill and ends
+# mid-cycle). The uncached sliding window runs `block_size` tokens per token, 128 here. The average
+# context is $(\text{keep} + \text{block\_size}) / 2$ tokens, so for a model that used its whole
+# context the loss would fall as `keep` grows, towards the sliding window's (which is the stride-1
+# evaluation: context always `block_size`). For the course model it hardly moves: the five settings
+# lie within 0.02 nats of each other, and all of them came out slightly *better* than the exact
+# sliding window on this text, differences of the size that 1,024 tokens cannot resolve. That is
+# what notebook 07 measured: the model's loss stops improving after about 16 tokens of context, so
+# any `keep` gives it enough. The cost, on the other hand, explodes near the top (at `keep = 120` a
+# restart every 9 tokens, 14 tokens run per token). `keep = block_size // 2` costs about 2 tokens
+# per token and keeps at least half a window of context, which a better model would use: a good
+# default, and the library's. (We count tokens, not time: the attention part of a step also grows
+# with the context, but at this size the matrix multiplies dominate.)
