@@ -498,3 +498,13 @@ def test_cli_chat_subprocess_exits_zero_at_end_of_input(chat_run):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("you> ") == 2 and "Traceback" not in result.stderr
+
+
+def test_cli_generate_and_eval_accept_a_chat_checkpoint(chat_run, capsys):
+    # A chat model's config names the tokenizer "wikitext2-chat": generate and eval must rebuild
+    # it with the role tokens rather than refuse it as unknown.
+    args = ["--checkpoint", str(chat_run), "--device", "cpu"]
+    assert main(["generate", *args, "--prompt", "The river", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("The river")
+    assert main(["eval", *args, "--data", "sample", "--split", "test"]) == 0
+    assert "word ppl" in capsys.readouterr().out

@@ -214,6 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_for_inference(path: str, device: str | None):
     """The best model of a run (or a checkpoint folder) on `device`, and its tokenizer."""
+    from wikigpt_lib.chat import CHAT_SUFFIX, get_chat_tokenizer
     from wikigpt_lib.checkpoint import _read_config, load_model, resolve_checkpoint
     from wikigpt_lib.device import pick_device
     from wikigpt_lib.tokenizer import get_tokenizer
@@ -222,7 +223,10 @@ def _load_for_inference(path: str, device: str | None):
     folder = resolve_checkpoint(path, "best")
     model = load_model(folder, map_location=device)
     config = _read_config(folder)
-    enc = get_tokenizer(config.get("tokenizer") or "wikitext2")
+    name = config.get("tokenizer") or "wikitext2"
+    # A chat-tuned model's ids include the role tokens, which get_tokenizer does not know.
+    chat_tuned = name.endswith(CHAT_SUFFIX)
+    enc = get_chat_tokenizer(name) if chat_tuned else get_tokenizer(name)
     if enc.n_vocab > model.config.vocab_size:
         raise ValueError(
             f"{folder}: its tokenizer {enc.name!r} has {enc.n_vocab} tokens but the model only "
