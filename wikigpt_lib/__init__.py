@@ -15,6 +15,7 @@ One module per idea, mirroring the notebooks:
     pretrained  GPT-2 weights in (GPT.from_pretrained) and out (GPT.save_pretrained)      (08)
     lora        low-rank adapters for fine-tuning, merged back for export                 (08)
     chat        chat template, supervised fine-tuning data and loop, chatting             (09)
+    course      the trained course model for notebooks 06-09: runs/cpu, or trained here
 """
 
 from wikigpt_lib.attention import CausalSelfAttention, attention
@@ -190,3 +191,7 @@ __all__ += [
     "pretrained_tokenizer",
     "save_pretrained",
 ]
+
+from wikigpt_lib.course import CourseModel, course_model  # noqa: E402
+
+__all__ += ["CourseModel", "course_model"]

@@ -59,12 +59,10 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no Jupyter widgets
 
-from wikigpt_lib.checkpoint import load_checkpoint, load_model
+from wikigpt_lib.course import course_model
 from wikigpt_lib.data import SAMPLE_SOURCE, load_wikitext2, tokenize_split, wikitext2_source
 from wikigpt_lib.device import is_quick, pick_device, quick
-from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.tokenizer import get_tokenizer
-from wikigpt_lib.train import TrainConfig, Trainer, train_preset
 
 torch.set_printoptions(precision=4, sci_mode=False)
 plt.rcParams["figure.dpi"] = 80  # small images keep the notebook file small
@@ -86,32 +84,8 @@ ds = load_wikitext2(fallback="sample")
 real_data = wikitext2_source(ds) != SAMPLE_SOURCE
 tok = get_tokenizer()
 device = pick_device()
-if RUN_DIR.is_dir() and not is_quick():
-    model = load_model(RUN_DIR, "best", map_location=device)
-    state = load_checkpoint(RUN_DIR, "best").state  # step, tokens seen, validation loss
-    tokens_seen = state["tokens_seen"]
-    model_name = (
-        f"the course model from {RUN_DIR}: best checkpoint, step {state['step']:,}, "
-        f"validation loss {state['best_val_loss']:.3f}"
-    )
-else:
-    train_ids = tokenize_split(ds["train"], tok)
-    val_ids = tokenize_split(ds["validation"], tok)
-    if is_quick():
-        model_config = GPTConfig.preset("tiny")
-        train_config = TrainConfig(
-            max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3,
-            eval_interval=30, eval_batches=2, progress=False,
-        )  # fmt: skip
-        model_name = "a tiny model trained here for 30 steps (quick mode)"
-    else:
-        print(f"{RUN_DIR} not found: training the cpu-quick preset here instead")
-        model_config, train_config = train_preset("cpu-quick", progress=False)
-        model_name = "the cpu-quick preset, trained here (no runs/cpu folder)"
-    torch.manual_seed(train_config.seed)
-    model = GPT(model_config)
-    tokens_seen = Trainer(model, train_ids, val_ids, train_config).fit().tokens_seen
-    model = model.to(device).eval()
+course = course_model(RUN_DIR, data=ds, tokenizer=tok, device=device)  # loads, or trains here
+model, model_name, tokens_seen = course.model, course.description, course.tokens_seen
 block_size = model.config.block_size
 n_train_tokens = len(tokenize_split(ds["train"], tok))
 

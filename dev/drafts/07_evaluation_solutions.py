@@ -42,14 +42,14 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no Jupyter widgets
 
-from wikigpt_lib.checkpoint import load_model
+from wikigpt_lib.course import course_model
 from wikigpt_lib.data import count_words, load_wikitext2, tokenize_split, wikitext2_source
 from wikigpt_lib.device import is_quick, pick_device, quick
 from wikigpt_lib.evaluate import evaluate_split
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.ngram import KneserNeyLM, words_of
 from wikigpt_lib.tokenizer import get_tokenizer, train_bpe
-from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+from wikigpt_lib.train import Trainer, train_preset
 
 plt.rcParams["figure.dpi"] = 80
 
@@ -63,27 +63,8 @@ RUN_DIR = Path("..") / "runs" / "cpu"  # relative to this notebook
 ds = load_wikitext2(fallback="sample")
 tok = get_tokenizer()
 device = pick_device()
-if RUN_DIR.is_dir() and not is_quick():
-    model = load_model(RUN_DIR, "best", map_location=device)
-    model_name = f"the course model from {RUN_DIR} (best checkpoint)"
-else:
-    train_ids = tokenize_split(ds["train"], tok)
-    val_ids = tokenize_split(ds["validation"], tok)
-    if is_quick():
-        model_config = GPTConfig.preset("tiny")
-        train_config = TrainConfig(
-            max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3,
-            eval_interval=30, eval_batches=2, progress=False,
-        )  # fmt: skip
-        model_name = "a tiny model trained here for 30 steps (quick mode)"
-    else:
-        print(f"{RUN_DIR} not found: training the cpu-quick preset here instead")
-        model_config, train_config = train_preset("cpu-quick", progress=False)
-        model_name = "the cpu-quick preset, trained here (no runs/cpu folder)"
-    torch.manual_seed(train_config.seed)
-    model = GPT(model_config)
-    Trainer(model, train_ids, val_ids, train_config).fit()
-    model = model.to(device).eval()
+course = course_model(RUN_DIR, data=ds, tokenizer=tok, device=device)  # loads, or trains here
+model, model_name = course.model, course.description
 block_size = model.config.block_size
 
 test_rows = ds["test"]["text"][: quick(len(ds["test"]), 150)]

@@ -84,12 +84,12 @@ from wikigpt_lib.chat import (
     to_wikitext,
     wikitext_sft_examples,
 )
-from wikigpt_lib.checkpoint import load_model
-from wikigpt_lib.data import load_wikitext2, tokenize_split, wikitext2_source
+from wikigpt_lib.course import course_model
+from wikigpt_lib.data import load_wikitext2, wikitext2_source
 from wikigpt_lib.device import is_quick, pick_device, quick
 from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
 from wikigpt_lib.tokenizer import EOT, get_tokenizer
-from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+from wikigpt_lib.train import TrainConfig
 
 torch.set_printoptions(precision=4, sci_mode=False)
 plt.rcParams["figure.dpi"] = 80  # small images keep the notebook file small
@@ -109,28 +109,12 @@ RUN_DIR = Path("..") / "runs" / "cpu"  # relative to this notebook
 ds = load_wikitext2(fallback="sample")
 base_tok = get_tokenizer()
 device = pick_device()
-if RUN_DIR.is_dir() and not is_quick():
-    base_model = load_model(RUN_DIR, "best", map_location=device)
-    model_name = f"the course model from {RUN_DIR} (best checkpoint)"
-else:
-    train_ids = tokenize_split(ds["train"], base_tok)
-    val_ids = tokenize_split(ds["validation"], base_tok)
-    if is_quick():
-        model_config = GPTConfig.preset("tiny", block_size=64)  # the sample data fits
-        train_config = TrainConfig(
-            max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3,
-            eval_interval=30, eval_batches=2, progress=False,
-        )  # fmt: skip
-        model_name = "a tiny model trained here for 30 steps (quick mode)"
-    else:
-        print(f"{RUN_DIR} not found: training the cpu-quick preset (context 128) here instead")
-        model_config, train_config = train_preset("cpu-quick", progress=False)
-        model_config = model_config.replace(block_size=128)
-        model_name = "the cpu-quick preset with a context of 128, trained here"
-    torch.manual_seed(train_config.seed)
-    base_model = GPT(model_config)
-    Trainer(base_model, train_ids, val_ids, train_config).fit()
-base_model = base_model.to(device).eval()
+# Loads runs/cpu, or trains a stand-in here with a context of 128 (64 in quick mode: the
+# sample data is small).
+course = course_model(
+    RUN_DIR, data=ds, tokenizer=base_tok, device=device, block_size=quick(128, 64)
+)
+base_model, model_name = course.model, course.description
 block_size = base_model.config.block_size
 print("data:", wikitext2_source(ds))
 print("model:", model_name)
@@ -470,7 +454,9 @@ def score(model, examples, pairs):
         row["exact"] += reply == ref
         row["f1"] += word_f1(reply, ref)
     loss = chat_loss(model, pairs, pad_id)
-    return {t: {k: v / r["n"] if k != "n" else v for k, v in r.items()} for t, r in table.items()}, loss
+    return {
+        t: {k: v / r["n"] if k != "n" else v for k, v in r.items()} for t, r in table.items()
+    }, loss
 
 
 def print_scores(table, loss, label):

@@ -61,18 +61,17 @@ from wikigpt_lib.chat import (
     resize_token_embeddings,
     wikitext_sft_examples,
 )
-from wikigpt_lib.checkpoint import load_model
+from wikigpt_lib.course import course_model
 from wikigpt_lib.data import (
     load_wikitext2,
     split_articles,
-    tokenize_split,
     wikitext2_source,
 )
-from wikigpt_lib.device import is_quick, pick_device, quick
+from wikigpt_lib.device import pick_device, quick
 from wikigpt_lib.generate import generate
-from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
-from wikigpt_lib.tokenizer import EOT, get_tokenizer
-from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+from wikigpt_lib.model import IGNORE_INDEX
+from wikigpt_lib.tokenizer import EOT
+from wikigpt_lib.train import TrainConfig
 
 # %% [markdown]
 # The set-up of the notebook: the course model (or, without `runs/cpu`, one trained here), the
@@ -82,24 +81,7 @@ from wikigpt_lib.train import TrainConfig, Trainer, train_preset
 RUN_DIR = Path("..") / "runs" / "cpu"
 ds = load_wikitext2(fallback="sample")
 device = pick_device()
-if RUN_DIR.is_dir() and not is_quick():
-    base_model = load_model(RUN_DIR, "best", map_location=device)
-else:
-    base_tok = get_tokenizer()
-    train_ids = tokenize_split(ds["train"], base_tok)
-    val_ids = tokenize_split(ds["validation"], base_tok)
-    if is_quick():
-        model_config = GPTConfig.preset("tiny", block_size=64)  # the sample data fits
-        train_config = TrainConfig(max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4,
-                                   warmup_steps=3, eval_interval=30, eval_batches=2,
-                                   progress=False)  # fmt: skip
-    else:
-        model_config, train_config = train_preset("cpu-quick", progress=False)
-        model_config = model_config.replace(block_size=128)
-    torch.manual_seed(train_config.seed)
-    base_model = GPT(model_config)
-    Trainer(base_model, train_ids, val_ids, train_config).fit()
-base_model = base_model.to(device).eval()
+base_model = course_model(RUN_DIR, data=ds, device=device, block_size=quick(128, 64)).model
 block_size = base_model.config.block_size
 tok = get_chat_tokenizer()
 pad_id = tok._special_tokens[EOT]
@@ -301,6 +283,7 @@ print("its answers:", Counter(replies).most_common(5))
 # and has not memorised those it has.
 #
 # ## Exercise 6: random new rows
+
 
 # %% tags=["nbval-ignore-output"]
 def random_rows(model, seed=0):

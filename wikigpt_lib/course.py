@@ -1,0 +1,127 @@
+"""The course model for the notebooks after training (06 generation, 07 evaluation, 09 chat).
+
+Those notebooks study a model that has already been trained: the best checkpoint of
+`wikigpt train --preset cpu --out runs/cpu`. Where that run folder does not exist (a fresh
+clone, Colab) they must still run top to bottom, so `course_model` trains a stand-in on the
+spot: in quick mode (`WIKIGPT_QUICK=1`, the test runs) a tiny model for 30 steps, otherwise
+the `cpu-quick` preset, about a minute on a laptop.
+
+    from wikigpt_lib.course import course_model
+    course = course_model("../runs/cpu")
+    model = course.model          # a GPT in eval mode
+    print(course.description)     # where it came from, in words
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tiktoken
+import torch
+
+from wikigpt_lib.checkpoint import load_checkpoint, load_weights_into
+from wikigpt_lib.data import load_wikitext2, tokenize_split
+from wikigpt_lib.device import is_quick, pick_device
+from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.tokenizer import get_tokenizer
+from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+DEFAULT_RUN_DIR = Path("runs") / "cpu"  # where `wikigpt train --preset cpu` is told to write
+
+# Quick mode trains for seconds: enough for every notebook cell to run, not to learn much.
+QUICK_TRAIN = TrainConfig(
+    max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3,
+    eval_interval=30, eval_batches=2, progress=False,
+)  # fmt: skip
+
+
+@dataclass
+class CourseModel:
+    """A trained model and where it came from."""
+
+    model: GPT  # in eval mode, on the chosen device
+    description: str  # one line for people, e.g. "the course model from runs/cpu: ..."
+    from_checkpoint: bool  # True: loaded from the run folder; False: trained just now
+    step: int  # optimizer steps it was trained for
+    tokens_seen: int  # training tokens it was trained on
+    best_val_loss: float | None  # the validation loss of the checkpoint (None if not measured)
+
+
+def course_model(
+    run_dir: str | os.PathLike = DEFAULT_RUN_DIR,
+    *,
+    data: DatasetDict | None = None,
+    tokenizer: tiktoken.Encoding | None = None,
+    device: str | torch.device | None = None,
+    block_size: int | None = None,
+) -> CourseModel:
+    """The best checkpoint of the course run in `run_dir`, or a model trained here instead.
+
+    Outside quick mode, an existing `run_dir` is loaded (its best checkpoint). Otherwise a
+    stand-in is trained on `data` (default: WikiText-2, or the built-in sample when it cannot
+    be had) with `tokenizer` (default: the course tokenizer): the tiny preset for 30 steps in
+    quick mode, the `cpu-quick` preset otherwise. `block_size` sets the stand-in's context
+    length; a loaded checkpoint keeps its own. Training is seeded, so the stand-in is the same
+    on every call. Returns a `CourseModel` whose model is in eval mode on `device` (default:
+    the best available, see `pick_device`).
+    """
+    device = pick_device(device)
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not is_quick():
+        return _load_course_run(run_dir, device)
+    if data is None:
+        data = load_wikitext2(fallback="sample")
+    tok = tokenizer if tokenizer is not None else get_tokenizer()
+    if is_quick():
+        model_config, train_config = GPTConfig.preset("tiny"), QUICK_TRAIN
+        description = "a tiny model trained here for 30 steps (quick mode)"
+    else:
+        model_config, train_config = train_preset("cpu-quick", progress=False)
+        description = f"the cpu-quick preset, trained here because {run_dir} was not found"
+    if block_size is not None:
+        model_config = model_config.replace(block_size=block_size)
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    trainer = Trainer(
+        model,
+        tokenize_split(data["train"], tok),
+        tokenize_split(data["validation"], tok),
+        train_config.replace(device=str(device)),
+    )
+    result = trainer.fit()
+    trainer.close()
+    return CourseModel(
+        model=model.to(device).eval(),
+        description=description,
+        from_checkpoint=False,
+        step=result.steps,
+        tokens_seen=result.tokens_seen,
+        best_val_loss=result.best_val_loss,
+    )
+
+
+def _load_course_run(run_dir: Path, device: torch.device) -> CourseModel:
+    ckpt = load_checkpoint(run_dir, "best", map_location=device)
+    model = GPT(ckpt.model_config)
+    load_weights_into(model, ckpt.model_state, str(ckpt.path))
+    step, tokens = int(ckpt.state.get("step", 0)), int(ckpt.state.get("tokens_seen", 0))
+    val = ckpt.state.get("best_val_loss")
+    description = (
+        f"the course model from {run_dir}: best checkpoint, step {step:,} "
+        f"({tokens / 1e6:.1f}M tokens seen)"
+        + (f", validation loss {val:.3f}" if val is not None else "")
+    )
+    return CourseModel(
+        model=model.to(device).eval(),
+        description=description,
+        from_checkpoint=True,
+        step=step,
+        tokens_seen=tokens,
+        best_val_loss=val,
+    )
