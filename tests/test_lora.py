@@ -5,13 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from wikigpt_lib.checkpoint import load_model, save_checkpoint
+from wikigpt_lib.checkpoint import load_checkpoint, load_model, save_checkpoint
 from wikigpt_lib.lora import (
     LoRALinear,
     add_lora,
     count_parameters,
+    lora_settings,
     lora_state_dict,
     merge_lora,
+    restore_lora,
 )
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.train import TrainConfig, Trainer
@@ -148,6 +150,62 @@ def test_merged_model_saves_as_checkpoint_and_export(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "run")(ids())[0], ref)
         torch.testing.assert_close(exported(ids())[0], ref, rtol=0, atol=0)
+
+
+def stop_at(step: int):
+    """A Trainer callback that simulates Ctrl-C right after optimizer step `step`."""
+
+    def callback(trainer, record: dict) -> None:
+        if record["step"] == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_an_unmerged_lora_run_loads_and_resumes_exactly(tmp_path):
+    """Checkpoints of a model with adapters record them: load_model rebuilds the adapters, and
+    a run stopped by Ctrl-C resumes to the same weights as one never stopped."""
+    data = (np.arange(4000) % V).astype(np.uint16)
+    cfg = TrainConfig(
+        max_steps=6, batch_size=4, lr=1e-2, warmup_steps=1, eval_interval=3, eval_batches=1,
+        device="cpu", progress=False,
+    )  # fmt: skip
+    straight = add_lora(model(dropout=0.1), r=4, alpha=8, dropout=0.1)
+    Trainer(straight, data, data, cfg, run_dir=tmp_path / "a").fit()
+
+    stopped = add_lora(model(dropout=0.1), r=4, alpha=8, dropout=0.1)
+    run = tmp_path / "b"
+    assert Trainer(stopped, data, data, cfg, run_dir=run, callbacks=[stop_at(4)]).fit().steps == 4
+    ckpt = load_checkpoint(run, "latest")
+    assert ckpt.lora["transformer.h.1.mlp.c_fc"] == {"r": 4, "alpha": 8, "dropout": 0.1}
+    resumed = Trainer.resume(run, data, data)
+    assert resumed.fit().steps == 6
+    a, b = straight.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert count_parameters(resumed.model) == count_parameters(straight)  # base still frozen
+
+    loaded = load_model(tmp_path / "a", "latest")
+    assert isinstance(loaded.transformer.h[0].attn.c_attn, LoRALinear) and not loaded.training
+    with torch.no_grad():
+        ref, _ = straight.eval()(ids())
+        torch.testing.assert_close(loaded(ids())[0], ref, rtol=0, atol=0)
+        torch.testing.assert_close(merge_lora(loaded)(ids())[0], ref, rtol=0, atol=1e-5)
+
+
+def test_lora_settings_round_trip_and_mismatch():
+    m = add_lora(model(), r=2, alpha=4, targets=("attn.c_attn",))
+    settings = lora_settings(m)
+    assert settings == {f"transformer.h.{i}.attn.c_attn": {"r": 2, "alpha": 4, "dropout": 0.0}
+                        for i in range(L)}  # fmt: skip
+    assert lora_settings(model()) is None
+    restored = restore_lora(model(), settings)
+    assert lora_settings(restored) == settings and count_parameters(restored) == count_parameters(m)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        restore_lora(m, settings)
+    with pytest.raises(ValueError, match="another architecture"):
+        restore_lora(model(n_layer=1), settings)
 
 
 def test_bad_arguments_are_explained():

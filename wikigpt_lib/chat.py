@@ -632,8 +632,7 @@ def load_chat_model(
             f"{ckpt.path}: the tokenizer {tok.name!r} has {tok.n_vocab} ids but the model "
             f"only {ckpt.model_config.vocab_size}: the checkpoint is inconsistent."
         )
-    model = GPT(ckpt.model_config)
-    load_weights_into(model, ckpt.model_state, str(ckpt.path))
+    model = ckpt.build_model()
     return model.to(device).eval(), tok
 
 

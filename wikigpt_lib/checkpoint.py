@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from wikigpt_lib.lora import lora_settings, restore_lora
 from wikigpt_lib.model import GPT, GPTConfig
 
 FORMAT = "wikigpt-checkpoint"
@@ -60,6 +61,17 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     tokenizer: str
     data: str
+    lora: dict[str, dict[str, Any]] | None = None  # LoRA adapters (see lora.lora_settings)
+
+    def build_model(self) -> GPT:
+        """The GPT these weights belong to (with its LoRA adapters, if it was saved with
+        some), weights loaded, on the device the weights were loaded to, in eval mode."""
+        model = GPT(self.model_config)
+        if self.lora:
+            restore_lora(model, self.lora)
+        load_weights_into(model, self.model_state, str(self.path))
+        device = next(iter(self.model_state.values())).device
+        return model.to(device).eval()
 
     def trainer_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Optimizer, scaler and RNG states (for resuming), loaded without unpickling code."""
@@ -162,6 +174,9 @@ def save_checkpoint(
         "tokenizer": tokenizer,
         "data": data,
     }
+    lora = lora_settings(unwrap_model(model))
+    if lora:  # an unmerged LoRA model: load_checkpoint needs its adapters to rebuild it
+        config["lora"] = lora
     final = _new_folder_name(folder, int(state["step"]))
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{final.name}-"))
     try:
@@ -311,6 +326,7 @@ def load_checkpoint(
         model_state=_read_weights(folder, map_location),
         tokenizer=config.get("tokenizer", "wikitext2"),
         data=config.get("data", ""),
+        lora=config.get("lora"),
     )
 
 
@@ -339,7 +355,4 @@ def load_model(
     path: str | os.PathLike, which: str = "best", map_location: str | torch.device = "cpu"
 ) -> GPT:
     """A GPT rebuilt from a checkpoint's config and weights, in eval mode on `map_location`."""
-    ckpt = load_checkpoint(path, which, map_location)
-    model = GPT(ckpt.model_config)
-    load_weights_into(model, ckpt.model_state, str(ckpt.path))
-    return model.to(map_location).eval()
+    return load_checkpoint(path, which, map_location).build_model().to(map_location)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import tiktoken
 import torch
 
-from wikigpt_lib.checkpoint import load_checkpoint, load_weights_into
+from wikigpt_lib.checkpoint import load_checkpoint
 from wikigpt_lib.data import load_wikitext2, tokenize_split
 from wikigpt_lib.device import is_quick, pick_device
 from wikigpt_lib.model import GPT, GPTConfig
@@ -108,8 +108,7 @@ def course_model(
 
 def _load_course_run(run_dir: Path, device: torch.device) -> CourseModel:
     ckpt = load_checkpoint(run_dir, "best", map_location=device)
-    model = GPT(ckpt.model_config)
-    load_weights_into(model, ckpt.model_state, str(ckpt.path))
+    model = ckpt.build_model()
     step, tokens = int(ckpt.state.get("step", 0)), int(ckpt.state.get("tokens_seen", 0))
     val = ckpt.state.get("best_val_loss")
     description = (

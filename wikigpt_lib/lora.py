@@ -15,12 +15,15 @@ add_lora(model)          wrap the attention and MLP projections in LoRALinear, f
 merge_lora(model)        fold the adapters into the weights, back to plain nn.Linear layers
 count_parameters(model)  (trainable, total) parameters
 lora_state_dict(model)   only the adapter weights (what a LoRA fine-tune has to store)
+lora_settings(model)     the adapters' layers and settings as JSON, for checkpoints
+restore_lora(model, s)   put adapters back from lora_settings (loading or resuming a run)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -151,12 +154,17 @@ def add_lora(
     for p in model.parameters():
         p.requires_grad_(False)  # only the adapters will train
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        base = getattr(parent, child)
-        adapter = LoRALinear(base, r, alpha, dropout).train(base.training)  # keep eval mode
-        setattr(parent, child, adapter)
+        _wrap(model, name, r, alpha, dropout)
     return model
+
+
+def _wrap(model: nn.Module, name: str, r: int, alpha: float, dropout: float) -> None:
+    """Replace the nn.Linear `name` of `model` by a LoRALinear around it."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    base = getattr(parent, child)
+    adapter = LoRALinear(base, r, alpha, dropout).train(base.training)  # keep eval mode
+    setattr(parent, child, adapter)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -189,3 +197,34 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     besides the base model. Load them back with `model.load_state_dict(sd, strict=False)`
     into the same base model after `add_lora` with the same settings."""
     return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def lora_settings(model: nn.Module) -> dict[str, dict[str, Any]] | None:
+    """{layer name: {"r", "alpha", "dropout"}} for every LoRALinear of `model`, or None when it
+    has none. Checkpoints store this, so that a LoRA run can be loaded and resumed."""
+    layers = {
+        name: {"r": m.r, "alpha": m.alpha, "dropout": m.dropout.p}
+        for name, m in model.named_modules()
+        if isinstance(m, LoRALinear)
+    }
+    return layers or None
+
+
+def restore_lora(model: nn.Module, settings: dict[str, dict[str, Any]]) -> nn.Module:
+    """Put back the adapters that `lora_settings` described, on a model built like the one it
+    came from (e.g. `GPT(config)`), freezing everything else as `add_lora` does; then load the
+    saved weights into it. Returns the same model. ValueError for a layer it does not have."""
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("this model already has LoRA adapters: restore_lora needs a plain one.")
+    modules = dict(model.named_modules())
+    wrong = [n for n in settings if not isinstance(modules.get(n), nn.Linear)]
+    if wrong:
+        raise ValueError(
+            f"LoRA layers {wrong[:3]} are not nn.Linear layers of this model: the settings "
+            "belong to a model of another architecture."
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, layer in settings.items():
+        _wrap(model, name, int(layer["r"]), float(layer["alpha"]), float(layer["dropout"]))
+    return model

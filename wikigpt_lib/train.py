@@ -29,7 +29,6 @@ from torch import nn
 from wikigpt_lib.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    load_weights_into,
     resolve_checkpoint,
     save_checkpoint,
     unwrap_model,
@@ -621,8 +620,7 @@ class Trainer:
         run_dir = Path(run_dir)
         ckpt = load_checkpoint(resolve_checkpoint(run_dir, "latest"))
         config = TrainConfig.from_dict({**ckpt.train_config, **overrides})
-        model = GPT(ckpt.model_config)
-        load_weights_into(model, ckpt.model_state, str(ckpt.path))
+        model = ckpt.build_model().train()  # with its LoRA adapters, if it had some
         trainer = cls(
             model,
             train_data,
