@@ -50,8 +50,8 @@ SCRIPT = textwrap.dedent(
         run_dir=folder / "ddp",
         callbacks=[lambda trainer, record: losses.append(record["loss"])],
     )
-    result = trainer.fit()
-    trainer.close()  # leave the gloo group before exiting, as every torchrun script should
+    with trainer:  # leaves the gloo group before exiting, as every torchrun script should
+        result = trainer.fit()
     rank = os.environ["RANK"]
     (folder / f"losses_{rank}.json").write_text(json.dumps([losses, result.steps]))
     """

@@ -336,6 +336,16 @@ def test_resume_equals_uninterrupted_run(tmp_path, tokens, val_tokens):
     assert val_a and all(val_b.get(step) == loss for step, loss in val_a.items())
 
 
+def test_with_block_closes_and_skips_the_barrier_after_an_error(tokens, monkeypatch):
+    waits = []
+    monkeypatch.setattr(Trainer, "close", lambda self, wait=True: waits.append(wait))
+    with Trainer(small_model(), tokens, None, tcfg(max_steps=1)) as trainer:
+        assert trainer.fit().steps == 1
+    with pytest.raises(RuntimeError, match="boom"), Trainer(small_model(), tokens, None, tcfg()):
+        raise RuntimeError("boom")
+    assert waits == [True, False]  # a rank that failed must not wait for its peers
+
+
 def test_ctrl_c_without_run_dir_returns(tokens):
     result = Trainer(small_model(), tokens, None, tcfg(), callbacks=[interrupt_at(2)]).fit()
     assert (result.stopped, result.steps, result.run_dir) == ("interrupted", 2, None)

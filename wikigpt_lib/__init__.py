@@ -18,8 +18,38 @@ One module per idea, mirroring the notebooks:
     course      the trained course model for notebooks 06-09: runs/cpu, or trained here
 """
 
-from wikigpt_lib.attention import CausalSelfAttention, attention
-from wikigpt_lib.checkpoint import CheckpointError, load_checkpoint, load_model
+from wikigpt_lib.attention import (
+    CausalSelfAttention,
+    attention,
+)
+
+# `wikigpt_lib.chat` below is the function chat(); import the module's other names with
+# `from wikigpt_lib.chat import ...`.
+from wikigpt_lib.chat import (
+    ChatDataError,
+    ChatExample,
+    chat,
+    chat_stream,
+    encode_chat,
+    finetune_chat,
+    get_chat_tokenizer,
+    load_chat_model,
+    load_jsonl_examples,
+    parse_chat,
+    render_chat,
+    resize_token_embeddings,
+    save_chat_model,
+    wikitext_sft_examples,
+)
+from wikigpt_lib.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+)
+from wikigpt_lib.course import (
+    CourseModel,
+    course_model,
+)
 from wikigpt_lib.data import (
     Article,
     TokenWindowDataset,
@@ -34,8 +64,17 @@ from wikigpt_lib.data import (
     tokenize_split,
     wikitext2_source,
 )
-from wikigpt_lib.device import is_quick, pick_device, pick_precision, quick, seed_everything
-from wikigpt_lib.evaluate import evaluate_perplexity, evaluate_split
+from wikigpt_lib.device import (
+    is_quick,
+    pick_device,
+    pick_precision,
+    quick,
+    seed_everything,
+)
+from wikigpt_lib.evaluate import (
+    evaluate_perplexity,
+    evaluate_split,
+)
 from wikigpt_lib.generate import (
     KVCache,
     TextStreamer,
@@ -46,8 +85,32 @@ from wikigpt_lib.generate import (
     top_k_filter,
     top_p_filter,
 )
-from wikigpt_lib.model import GPT, GPTConfig
-from wikigpt_lib.ngram import KneserNeyLM, UnigramLM, ngram_baselines, words_of
+from wikigpt_lib.lora import (
+    LoRALinear,
+    add_lora,
+    count_parameters,
+    lora_settings,
+    lora_state_dict,
+    merge_lora,
+    restore_lora,
+)
+from wikigpt_lib.model import (
+    GPT,
+    GPTConfig,
+)
+from wikigpt_lib.ngram import (
+    KneserNeyLM,
+    UnigramLM,
+    ngram_baselines,
+    words_of,
+)
+from wikigpt_lib.pretrained import (
+    PretrainedUnavailableError,
+    fetch_pretrained,
+    load_pretrained,
+    pretrained_tokenizer,
+    save_pretrained,
+)
 from wikigpt_lib.tokenizer import (
     EOT,
     TokenizerUnavailableError,
@@ -71,127 +134,85 @@ from wikigpt_lib.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "add_lora",
     "Article",
-    "CheckpointError",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "TrainingDivergedError",
-    "evaluate_loss",
-    "load_checkpoint",
-    "load_corpus",
-    "load_model",
-    "plot_losses",
-    "read_metrics",
-    "train_model",
-    "train_preset",
-    "EOT",
-    "GPT",
-    "CausalSelfAttention",
-    "GPTConfig",
-    "TokenWindowDataset",
-    "TokenizerUnavailableError",
-    "WikiTextNotFoundError",
     "attention",
-    "count_words",
-    "detokenize",
-    "get_batch",
-    "get_tokenizer",
-    "is_quick",
-    "iter_eval_batches",
-    "load_bpe",
-    "load_wikitext2",
-    "pick_device",
-    "pick_precision",
-    "quick",
-    "save_bpe",
-    "seed_everything",
-    "split_articles",
-    "tokenize_split",
-    "train_bpe",
-    "wikitext2_source",
-    "KVCache",
-    "KneserNeyLM",
-    "TextStreamer",
-    "UnigramLM",
-    "evaluate_perplexity",
-    "evaluate_split",
-    "forward_cached",
-    "generate",
-    "ngram_baselines",
-    "sample_probs",
-    "stream",
-    "top_k_filter",
-    "top_p_filter",
-    "words_of",
-]
-
-# chat: template, SFT data and fine-tuning, chatting (09). `chat` here is the function; the
-# module stays importable as `from wikigpt_lib.chat import ...`.
-from wikigpt_lib.chat import (  # noqa: E402
-    ChatDataError,
-    ChatExample,
-    chat,
-    chat_stream,
-    encode_chat,
-    finetune_chat,
-    get_chat_tokenizer,
-    load_chat_model,
-    load_jsonl_examples,
-    parse_chat,
-    render_chat,
-    resize_token_embeddings,
-    save_chat_model,
-    wikitext_sft_examples,
-)
-
-__all__ += [
-    "ChatDataError",
-    "ChatExample",
+    "CausalSelfAttention",
     "chat",
     "chat_stream",
+    "ChatDataError",
+    "ChatExample",
+    "CheckpointError",
+    "count_parameters",
+    "count_words",
+    "course_model",
+    "CourseModel",
+    "detokenize",
     "encode_chat",
+    "EOT",
+    "evaluate_loss",
+    "evaluate_perplexity",
+    "evaluate_split",
+    "fetch_pretrained",
     "finetune_chat",
+    "forward_cached",
+    "generate",
+    "get_batch",
     "get_chat_tokenizer",
+    "get_tokenizer",
+    "GPT",
+    "GPTConfig",
+    "is_quick",
+    "iter_eval_batches",
+    "KneserNeyLM",
+    "KVCache",
+    "load_bpe",
     "load_chat_model",
+    "load_checkpoint",
+    "load_corpus",
     "load_jsonl_examples",
+    "load_model",
+    "load_pretrained",
+    "load_wikitext2",
+    "lora_settings",
+    "lora_state_dict",
+    "LoRALinear",
+    "merge_lora",
+    "restore_lora",
+    "ngram_baselines",
     "parse_chat",
+    "pick_device",
+    "pick_precision",
+    "plot_losses",
+    "pretrained_tokenizer",
+    "PretrainedUnavailableError",
+    "quick",
+    "read_metrics",
     "render_chat",
     "resize_token_embeddings",
+    "sample_probs",
+    "save_bpe",
     "save_chat_model",
-    "wikitext_sft_examples",
-]
-
-# pretrained: GPT-2 weights both ways (GPT.from_pretrained, GPT.save_pretrained); lora: low-rank
-# adapters for fine-tuning (08).
-from wikigpt_lib.lora import (  # noqa: E402
-    LoRALinear,
-    add_lora,
-    count_parameters,
-    lora_state_dict,
-    merge_lora,
-)
-from wikigpt_lib.pretrained import (  # noqa: E402
-    PretrainedUnavailableError,
-    fetch_pretrained,
-    load_pretrained,
-    pretrained_tokenizer,
-    save_pretrained,
-)
-
-__all__ += [
-    "LoRALinear",
-    "PretrainedUnavailableError",
-    "add_lora",
-    "count_parameters",
-    "fetch_pretrained",
-    "load_pretrained",
-    "lora_state_dict",
-    "merge_lora",
-    "pretrained_tokenizer",
     "save_pretrained",
+    "seed_everything",
+    "split_articles",
+    "stream",
+    "TextStreamer",
+    "tokenize_split",
+    "TokenizerUnavailableError",
+    "TokenWindowDataset",
+    "top_k_filter",
+    "top_p_filter",
+    "train_bpe",
+    "train_model",
+    "train_preset",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDivergedError",
+    "TrainResult",
+    "UnigramLM",
+    "wikitext2_source",
+    "wikitext_sft_examples",
+    "WikiTextNotFoundError",
+    "words_of",
 ]
-
-from wikigpt_lib.course import CourseModel, course_model  # noqa: E402
-
-__all__ += ["CourseModel", "course_model"]

@@ -193,12 +193,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{trainer.precision.name} | {trainer.tokens_per_step:,} tokens/step, "
         f"{c.max_steps} steps"
     )
-    try:
+    with trainer:  # leaves the process group of a torchrun run, also after an error
         result = trainer.fit()
-    except BaseException:
-        trainer.close(wait=False)
-        raise
-    trainer.close()
     if not trainer.is_main:
         return 130 if result.stopped == "interrupted" else 0
     print(f"stopped: {result.stopped} at step {result.steps} ({result.tokens_seen:,} tokens)")

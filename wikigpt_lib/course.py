@@ -88,14 +88,9 @@ def course_model(
         model_config = model_config.replace(block_size=block_size)
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
-    trainer = Trainer(
-        model,
-        tokenize_split(data["train"], tok),
-        tokenize_split(data["validation"], tok),
-        train_config.replace(device=str(device)),
-    )
-    result = trainer.fit()
-    trainer.close()
+    train_ids, val_ids = tokenize_split(data["train"], tok), tokenize_split(data["validation"], tok)
+    with Trainer(model, train_ids, val_ids, train_config.replace(device=str(device))) as trainer:
+        result = trainer.fit()
     return CourseModel(
         model=model.to(device).eval(),
         description=description,

@@ -788,6 +788,14 @@ class Trainer:
             dist.destroy_process_group()
         self._owns_process_group = False
 
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # `with Trainer(...) as t: t.fit()` closes on the way out; after an error it does
+        # not wait for the other ranks, which may have died.
+        self.close(wait=exc_type is None)
+
 
 def train_model(
     model_config: GPTConfig,
@@ -801,11 +809,5 @@ def train_model(
     """Build a GPT (seeded with train_config.seed) and train it; see `Trainer`."""
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
-    trainer = Trainer(model, train_data, val_data, train_config, run_dir=run_dir, **trainer_kwargs)
-    try:
-        result = trainer.fit()
-    except BaseException:
-        trainer.close(wait=False)
-        raise
-    trainer.close()
-    return result
+    with Trainer(model, train_data, val_data, train_config, run_dir=run_dir, **trainer_kwargs) as t:
+        return t.fit()
