@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wikigpt_lib import pretrained
+from wikigpt_lib import hub, pretrained
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.pretrained import PretrainedUnavailableError, pretrained_tokenizer
 from wikigpt_lib.tokenizer import get_tokenizer
@@ -33,7 +33,7 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: False)
 
 
 def _perturb(model: torch.nn.Module, seed: int = 1) -> None:
@@ -272,7 +272,7 @@ def test_unknown_name_offline_fails_fast_with_advice(tmp_path):
 
 
 def test_offline_mode_searches_only_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda: pytest.fail("probed the hub"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: pytest.fail("probed the hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedUnavailableError, match="HF_HUB_OFFLINE is set"):
         GPT.from_pretrained("someone/missing", cache_dir=tmp_path)
@@ -286,8 +286,8 @@ def test_connection_lost_during_download(monkeypatch, tmp_path):
         assert not kwargs["local_files_only"]
         raise LocalEntryNotFoundError("connection error, and the file is not in the cache")
 
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda: True)
-    monkeypatch.setattr(pretrained, "_download", fail)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "_download", fail)
     with pytest.raises(PretrainedUnavailableError, match="LocalEntryNotFoundError"):
         GPT.from_pretrained("gpt2-xl", cache_dir=tmp_path)
 
@@ -300,7 +300,7 @@ def test_a_hub_repo_without_safetensors(monkeypatch, tmp_path, hf_folder):
             return hf_folder / "config.json"
         raise EntryNotFoundError(f"404: {filename}")
 
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda: True)
-    monkeypatch.setattr(pretrained, "_download", download)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "_download", download)
     with pytest.raises(PretrainedUnavailableError, match="no model.safetensors"):
         GPT.from_pretrained("someone/old-model", cache_dir=tmp_path)

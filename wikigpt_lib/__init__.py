@@ -13,6 +13,7 @@ One module per idea, mirroring the notebooks:
     evaluate    perplexity: token, word-level, bits per byte, sliding windows             (07)
     ngram       unigram and Kneser-Ney n-gram baselines in word-level perplexity          (07)
     pretrained  GPT-2 weights in (GPT.from_pretrained) and out (GPT.save_pretrained)      (08)
+    hub         finding GPT-2 files: local folder, hub cache, or a download failing fast  (08)
     lora        low-rank adapters for fine-tuning, merged back for export                 (08)
     chat        chat template, supervised fine-tuning data and loop, chatting             (09)
     course      the trained course model for notebooks 06-09: runs/cpu, or trained here
