@@ -41,7 +41,7 @@
 # **Offline, the notebook says so and runs every step on a randomly initialised model of
 # GPT-2's shape**: the code and the checks are the same, the numbers are not GPT-2's. The
 # outputs stored with this notebook come from such an offline run (on two CPU cores shared with
-# other jobs, with small step counts; it took 17 minutes): read them as a demonstration of the
+# other jobs, with small step counts; it took 7 minutes): read them as a demonstration of the
 # machinery, and run the notebook online, ideally on a GPU, for GPT-2's real numbers.
 
 # %%
@@ -342,7 +342,9 @@ test_ids = tokenize_split(text, tok, use_cache=False)  # (N,)
 start = time.perf_counter()
 zero_shot = evaluate_perplexity(
     model, test_ids, block_size=1024, batch_size=1,
-    n_words=count_words(test_rows), n_bytes=sum(len(row.encode()) for row in text),
+    # Words and bytes of the original rows, as in notebook 07, so that word perplexity and
+    # bits per byte compare with the course model's whatever text each model reads.
+    n_words=count_words(test_rows), n_bytes=sum(len(row.encode()) for row in test_rows),
 )  # fmt: skip
 seconds = time.perf_counter() - start
 whole = len(test_rows) == len(ds["test"])
@@ -375,8 +377,9 @@ else:
 # - **the word count**: we divide by WikiText's word count, line ends included, the usual
 #   convention; the paper does not spell out its count.
 #
-# And in the stored outputs, the weights are random: the loss is $\ln 50{,}257 \approx 10.8$
-# nats per token, the model's uniform guess, and the word perplexity is astronomical.
+# And in the stored outputs, the weights are random: the loss is about 11.0 nats per token,
+# a little worse than the uniform guess $\ln 50{,}257 \approx 10.8$ (random logits are not
+# flat), and the word perplexity is astronomical.
 #
 # ## 5. Fine-tuning: all weights, or LoRA
 #
@@ -443,7 +446,7 @@ print(f"train: {len(train_ids):,} tokens | validation: {len(val_ids):,} tokens")
 # **The loop** is notebook 05's: random windows, AdamW on the parameters that require
 # gradients, gradient clipping. Both runs see the same batches. The sizes are small because
 # the stored run had two CPU cores: 4 windows of 64 tokens per step and
-# a handful of steps, a few thousand tokens in all, a sliver of the 2.4 million in the
+# a handful of steps, a few thousand tokens in all, a sliver of the 2.3 million in the
 # training split. On a GPU, raise `CONTEXT`, `BATCH` and `STEPS` (e.g. 512, 8, 1,000). The
 # learning rates are common choices for the two methods: LoRA's adapters start at zero and
 # take a higher one.
@@ -532,8 +535,8 @@ plt.show()
 # the loss would start near GPT-2's zero-shot level, and how far each method lowers it takes
 # many more steps to tell (exercise 5 tries it on a small scale). Per step, LoRA skips the
 # gradients and AdamW updates of the frozen weights (among them the 38.6-million-number token embedding matrix), but its
-# backward pass still runs through every layer; how much faster that makes a step is hard to
-# read from one run on a shared CPU (the stored timings are noisy: other jobs were running).
+# backward pass still runs through every layer, so a step is only somewhat faster (in the
+# stored run, about 15%: see the table; one run on a shared CPU, so read it as rough).
 # Its lasting savings are memory and storage.
 #
 # ## 6. Merge, export, reload, generate
