@@ -48,6 +48,8 @@ if "google.colab" in sys.modules:  # on Colab, install the course library first
 # %%
 import io
 import json
+import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -215,8 +217,9 @@ assert tok.encode(tok.decode(ids), allowed_special="all") == ids  # the text for
 # The model must grow too: its embedding matrix has a row per id, 8,192 of them, and the
 # output layer shares that matrix (weight tying, notebook 04), so four new rows give the new
 # tokens both an input vector and an output score. What should the new rows be? A random row
-# of the usual scale could score high in every context, and the untrained model would then
-# emit `<|end|>` or `<|user|>` anywhere. Hewitt (2021) suggests the mean of the existing
+# of the usual scale could score higher than the tokens that fit, and the untrained model
+# would then emit `<|end|>` or `<|user|>` in their place (exercise 6 measures how close our
+# model comes to that). Hewitt (2021) suggests the mean of the existing
 # embeddings: its output score is an average token's, and as input it is a bland vector the
 # fine-tuning moves where it needs to. Every old row is copied, so on ordinary text the grown
 # model computes exactly what the old one did.
@@ -268,7 +271,9 @@ assert model.lm_head.weight is model.transformer.wte.weight  # still tied
 # conversation fits the 128-token context, and derive the training set from the train split
 # and a held-out set from the validation split, whose articles the model has never seen.
 #
-# `wikigpt_lib.chat.wikitext_sft_examples` does this; here is what it makes.
+# `wikigpt_lib.chat.wikitext_sft_examples` does this; here is what it makes. The rules are
+# rough: a sentence ends at a full stop followed by a capital, so some abbreviations cut a
+# sentence short, as in the first *about* answer below (`... , lit .`, from *lit.*, "literally").
 
 # %% tags=["nbval-ignore-output"]
 train_examples = wikitext_sft_examples(ds["train"])
@@ -418,8 +423,9 @@ for q in questions:
 #   within 40 tokens;
 # - *exact*: how often the reply is exactly the reference answer;
 # - *F1*: word overlap between reply and reference, the harmonic mean of precision and recall
-#   of the words (the SQuAD measure, Rajpurkar et al., 2016); a reply that gets the subject
-#   right but the facts wrong still scores some.
+#   of the words, a simplified SQuAD-style word F1 (Rajpurkar et al., 2016; punctuation and
+#   articles are not removed, so `,` and `the` count); a reply that gets the subject right but
+#   the facts wrong still scores some.
 
 
 # %%
@@ -488,8 +494,8 @@ print(f"({len(eval_examples)} replies in {time.perf_counter() - t0:.0f} s)")
 # the new embedding rows included. As usual for fine-tuning, the peak learning rate is lower
 # than pretraining's (1e-3 against 2e-3): the model should adapt to the new format without
 # losing what it learned from the whole of WikiText. 200 steps of 16 rows are about 2.6 passes
-# over the training conversations, a few minutes on a quiet 2-core CPU (the time printed
-# below is from a busy one).
+# over the training conversations: a few minutes on a laptop CPU (the stored run used one
+# core).
 
 # %% tags=["nbval-ignore-output"]
 sft_config = TrainConfig(
@@ -567,7 +573,8 @@ plt.show()
 #   what is called hallucination. The word F1 of 0.14 to 0.19 there comes from common words
 #   (*the*, *of*, *,*), and it was about as high before fine-tuning; no reply is exactly right.
 # - *What it still learns late is the training set.* In the loss curves of section 6 the
-#   training loss keeps falling while the held-out loss flattens after about 100 steps: the
+#   training loss keeps falling while the held-out loss flattens after about 150 steps (4.46
+#   at step 100, 4.40 at 150, 4.39 at 200; the learning rate has decayed by then too): the
 #   later steps fit the training articles (which the model also read in pretraining) rather
 #   than a skill that carries over to new ones.
 # - *It has only ever seen single-turn conversations,* so follow-up questions are beyond it;
@@ -575,9 +582,10 @@ plt.show()
 #
 # More steps, a larger learning rate or a larger model are the levers to try. Scale is what
 # changes the picture: GPT-3-sized models already hold many facts before any fine-tuning, and
-# SFT then teaches the format, which is why the same recipe gives useful assistants there
-# (Ouyang et al., 2022). The same functions fine-tune OpenAI's GPT-2
-# (notebook 08) where its weights can be had: `get_chat_tokenizer("gpt2")` and
+# SFT, the first of InstructGPT's three steps (Ouyang et al., 2022; a reward model and
+# reinforcement learning from human feedback follow), then mostly teaches the format. The
+# same functions fine-tune OpenAI's GPT-2 (notebook 08) where its weights can be had:
+# `get_chat_tokenizer("gpt2")` and
 # `resize_token_embeddings(GPT.from_pretrained("gpt2"), 50261)`.
 #
 # A conversation with the fine-tuned model, streamed piece by piece as `wikigpt chat` does
@@ -608,6 +616,9 @@ print()
 
 # %% tags=["nbval-ignore-output"]
 chat_dir = Path("..") / "runs" / "chat" if not is_quick() else folder / "chat"
+if chat_dir.exists():  # replace the chat model of an earlier run, rather than adding to it
+    shutil.rmtree(chat_dir)
+    print(f"removed the chat model of an earlier run of this notebook: {chat_dir}")
 saved = save_chat_model(chat_dir, model, tok, config=sft_config, history=history,
                             data=f"SFT from {wikitext2_source(ds)}")  # fmt: skip
 print("saved:", saved)
@@ -621,6 +632,11 @@ finally:
     sys.stdin = stdin
 print("\nexit code:", code)
 assert code == 0
+
+# %% [markdown]
+# The reply is a greedy loop again (`The SMS SMS SMS ...`), like the lists of sections in
+# section 7 (`History , History , ...`): once a word repeats, greedy decoding keeps choosing it
+# (notebook 06).
 
 # %% [markdown]
 # ## Check against the library
@@ -705,8 +721,8 @@ print("notebook == wikigpt_lib.chat: template, mask, targets, parsing, grown mod
 #   role tokens before each message, an end token after it. Special tokens cannot be typed
 #   into a message, and the end token tells generation when to stop.
 # - New tokens need new rows in the (tied) embedding matrix; starting them at the mean of the
-#   existing rows keeps the untrained model from emitting them everywhere, and leaves every
-#   old token's behaviour exactly as it was.
+#   existing rows gives them an average token's score, so the untrained model does not emit
+#   them, and leaves every old token's behaviour exactly as it was.
 # - Supervised fine-tuning is next-token training with the prompt's targets set to -100: the
 #   model learns to write answers, including the end token, not to predict questions.
 #   Padding wastes compute; packing wastes less but lets packed conversations see each other.
@@ -739,6 +755,8 @@ print("notebook == wikigpt_lib.chat: template, mask, targets, parsing, grown mod
 #    measure its exact-match rate on the held-out articles. Is it higher or lower than the
 #    other closed-book tasks, and why?
 # 6. *(medium)* Random new rows. Instead of the mean, initialise the four new rows randomly
-#    with the scale of the old ones (the same standard deviation per dimension). Before any
-#    fine-tuning, how often does a greedy reply to the section 5 questions contain a chat
-#    token? How does the answer loss at step 0 compare with the mean initialisation's?
+#    with the scale of the old ones (zero mean, the same standard deviation per dimension),
+#    and once with GPT's own initialisation, N(0, 0.02). Before any fine-tuning, how probable
+#    is `<|end|>` where the assistant writes, and where does it rank among the 8,196 ids? How
+#    often does a greedy reply to the section 5 questions stop by itself? How does the answer
+#    loss at step 0 compare with the mean initialisation's?
