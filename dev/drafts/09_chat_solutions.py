@@ -35,6 +35,7 @@ if "google.colab" in sys.modules:  # on Colab, install the course library first
 # %%
 import json
 import re
+import statistics
 import tempfile
 import time
 import warnings
@@ -57,8 +58,10 @@ from wikigpt_lib.chat import (
     get_chat_tokenizer,
     load_jsonl_examples,
     pack_pairs,
+    pad_batch,
     reply_tokens,
     resize_token_embeddings,
+    sft_batches,
     wikitext_sft_examples,
 )
 from wikigpt_lib.course import course_model
@@ -68,7 +71,6 @@ from wikigpt_lib.data import (
     wikitext2_source,
 )
 from wikigpt_lib.device import pick_device, quick
-from wikigpt_lib.generate import generate
 from wikigpt_lib.model import IGNORE_INDEX
 from wikigpt_lib.tokenizer import EOT
 from wikigpt_lib.train import TrainConfig
@@ -147,6 +149,8 @@ def report(name, model):
 #
 # Each message adds two template tokens (its role token and `<|end|>`); a single-turn
 # conversation has four. The targets that count are the answer's tokens plus its `<|end|>`.
+# For the system message we read "ten tokens" as ten tokens of text: with its role token and
+# its `<|end|>` it adds 12 positions to every conversation, none of them counted.
 
 # %% tags=["nbval-ignore-output"]
 n_tokens = sum(len(x) + 1 for x, _ in train_pairs)
@@ -155,8 +159,8 @@ n_counted = sum(sum(t != IGNORE_INDEX for t in y) for _, y in train_pairs)
 n_targets = sum(len(y) for _, y in train_pairs)
 print(f"{n_template / n_tokens:.1%} of the tokens are template tokens")
 print(f"{n_counted / n_targets:.1%} of the targets count in the loss")
-with_system = (n_counted, n_targets + 10 * len(train_pairs))
-print(f"with a 10-token system message in every conversation: "
+with_system = (n_counted, n_targets + 12 * len(train_pairs))  # 10 text + role + <|end|>
+print(f"with a 10-token system message (12 positions) in every conversation: "
       f"{with_system[0] / with_system[1]:.1%}")  # fmt: skip
 
 # %% [markdown]
@@ -192,16 +196,55 @@ loss_unmasked, scores_unmasked = report("unmasked (every token)", unmasked_model
 # on what matters.
 #
 # ## Exercise 3: padding or packing?
+#
+# Run exercise 2 first: its `masked_model` is the packed run compared here. Times per step
+# from two separate runs are not comparable on a CPU that other jobs share (a busy minute
+# slows one run and not the other), so the timing below trains fresh copies both ways in
+# alternating blocks of a few steps and takes the median time per step of each.
 
 # %% tags=["nbval-ignore-output"]
-padded_model, padded_s = finetune(train_pairs, pack=False)
-xs, _ = pack_pairs(train_pairs, block_size, pad_id)
-per_row = len(train_pairs) / len(xs)
+# Needs exercise 2's masked_model (packed, same steps and batch size).
+padded_model, _ = finetune(train_pairs, pack=False)
+_ = report("packed", masked_model)  # the same line as in exercise 2
+_ = report("padded", padded_model)
 batch = quick(16, 8)
-print(f"packed: {masked_s / STEPS:.2f} s/step, about {batch * per_row:.0f} conversations/step")
-print(f"padded: {padded_s / STEPS:.2f} s/step, {batch} conversations/step")
-report("packed", masked_model)
-report("padded", padded_model)
+
+
+def time_steps(rounds, block):
+    """Median seconds per training step, padded and packed, timed in alternating blocks of
+    `block` steps; also each batch's mean width, real-token share and answer targets."""
+    runs = {}
+    for name, pack_to in (("padded", None), ("packed", block_size)):
+        model = resize_token_embeddings(base_model, tok.n_vocab).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        runs[name] = (model, opt, sft_batches(train_pairs, batch, pad_id, pack_to=pack_to), [], [])
+    for _ in range(rounds):
+        for model, opt, batches, times, shapes in runs.values():
+            for _ in range(block):
+                x, y = next(batches)  # (B, T): T = longest in the batch, or block_size packed
+                t0 = time.perf_counter()
+                _, loss = model(x.to(device), y.to(device))
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - t0)
+                shapes.append((x.size(1), float((x != pad_id).float().mean()),
+                               int((y != IGNORE_INDEX).sum())))  # fmt: skip
+    return {
+        name: (statistics.median(times), *map(statistics.mean, zip(*shapes, strict=True)))
+        for name, (*_, times, shapes) in runs.items()
+    }
+
+
+xs, _ = pack_pairs(train_pairs, block_size, pad_id)
+per_row = len(train_pairs) / len(xs)  # conversations per packed row
+timing = time_steps(rounds=quick(5, 2), block=quick(4, 2))
+for name, conversations in (("padded", batch), ("packed", batch * per_row)):
+    seconds, width, real, answer = timing[name]
+    print(f"{name}: {conversations:.0f} conversations, {width:.0f} tokens wide ({real:.0%} real), "
+          f"{answer:.0f} answer targets per step | median {seconds:.2f} s/step")  # fmt: skip
+ratio = timing["padded"][0] / timing["packed"][0]
+print(f"a padded step took {ratio:.2f} times as long as a packed one on this machine")
 
 # %% [markdown]
 # A packed row of 128 tokens holds about two and a quarter conversations, a padded row one,
@@ -209,9 +252,13 @@ report("padded", padded_model)
 # conversations and reaches the lower answer loss (4.45 against 4.59). The padded model
 # stopped by itself more often in our run (70% against 56%); one possible reason is that
 # padding trains every conversation at positions from 0, as at chat time, while packing
-# shifts most of them to later positions. The times per step are from a CPU shared with
-# other jobs, so they are not a fair comparison: in principle a padded step is the cheaper
-# one, since its batch is only as long as its longest conversation.
+# shifts most of them to later positions.
+#
+# What to expect of the times: a padded batch is only as wide as its longest conversation,
+# about 71 tokens here against 128 for a packed row, and only about two thirds of it is real
+# tokens, so a padded step should be the cheaper one; but it also covers fewer answer
+# targets (the counts are printed above). Compare the medians printed above with that
+# expectation: per step padding should be faster, per answer token packing should win.
 #
 # ## Exercise 4: teach it your facts
 
@@ -246,8 +293,9 @@ for q in ("Who keeps the lighthouse at Brill ?", "What is the capital of France 
 #
 # ## Exercise 5: a new task
 #
-# WikiText writes numbers as words of digits, so "4" is just "4". We add the task to the
-# train and held-out sets and fine-tune on everything.
+# WikiText writes numbers in digits, splitting only at separators (`1 @,@ 000`); section
+# counts are small, so "4" is just "4". We add the task to the train and held-out sets and
+# fine-tune on everything.
 
 # %% tags=["nbval-ignore-output"]
 SECTION = re.compile(r"^ = = [^=].* = = $")  # a level-2 heading row (not " = = = Sub = = = ")
@@ -283,44 +331,77 @@ print("its answers:", Counter(replies).most_common(5))
 # and has not memorised those it has.
 #
 # ## Exercise 6: random new rows
+#
+# Three starts for the four new rows: the mean of the old rows (the library's), a zero-mean
+# random row with the old rows' spread per dimension, and GPT's own initialisation N(0, 0.02).
+# For each, before any fine-tuning: how much probability `<|end|>` gets at the positions where
+# the assistant writes (where the answer ends, and elsewhere), its median rank among all ids
+# there, how many greedy replies stop by themselves, and the answer loss.
 
 
 # %% tags=["nbval-ignore-output"]
-def random_rows(model, seed=0):
-    """The grown model with its four new rows drawn at random, with the old rows' spread."""
-    grown = resize_token_embeddings(model, tok.n_vocab)
-    wte = grown.transformer.wte.weight  # (V, C)
-    old = wte[: model.config.vocab_size].detach()
-    gen = torch.Generator().manual_seed(seed)
+def new_rows(model, init, seed=0):
+    """The grown model with its new rows set by `init`: "mean" (the mean of the old rows),
+    "random" (zero mean, the old rows' std per dimension) or "gpt" (N(0, 0.02))."""
+    grown = resize_token_embeddings(model, tok.n_vocab)  # new rows = the mean
+    wte = grown.transformer.wte.weight  # (V, C), tied to the output layer
+    old = wte[: model.config.vocab_size].detach()  # (V_old, C)
+    gen = torch.Generator().manual_seed(seed)  # its own generator: global RNG untouched
     noise = torch.randn(tok.n_vocab - len(old), old.size(1), generator=gen).to(old.device)
     with torch.no_grad():
-        wte[len(old) :] = old.mean(0) + noise * old.std(0)
-    return grown
+        if init == "random":
+            wte[len(old) :] = noise * old.std(0)  # (4, C)
+        elif init == "gpt":
+            wte[len(old) :] = noise * 0.02
+    return grown.eval()
 
 
-def chat_token_share(model, examples, n_new=30):
-    """Fraction of greedy continuations (no stopping) that contain a chat token."""
-    hits = 0
-    for e in examples:
-        ids = encode_chat(e.messages[:1], tok, add_generation_prompt=True).ids
-        out = generate(model, torch.tensor([ids], device=device), n_new, temperature=0)
-        hits += bool(CHAT_IDS & set(out[0, len(ids) :].tolist()))
-    return hits / len(examples)
+END = chat_token_ids(tok)["<|end|>"]
 
 
-mean_init = resize_token_embeddings(base_model, tok.n_vocab)
-for name, m in (("mean rows", mean_init), ("random rows", random_rows(base_model))):
-    share = chat_token_share(m, eval_examples)
-    loss = chat_loss(m, val_pairs, pad_id)
-    print(f"{name:<12} replies with a chat token: {share:.0%} | answer loss at step 0 {loss:.2f}")
+@torch.no_grad()
+def end_token_odds(model, pairs, batch_size=32):
+    """Over the answer positions of `pairs`: mean p(<|end|>) where the answer ends and where
+    it does not, and the median rank of <|end|> among all ids (1 = the model's top choice)."""
+    at_end, elsewhere, ranks = [], [], []
+    for start in range(0, len(pairs), batch_size):
+        x, y = pad_batch(pairs[start : start + batch_size], pad_id)  # (B, T)
+        y = y.to(device)
+        logits, _ = model(x.to(device))  # (B, T, V)
+        logits, targets = logits[y != IGNORE_INDEX], y[y != IGNORE_INDEX]  # (N, V), (N,)
+        p_end = logits.softmax(-1)[:, END]  # (N,)
+        at_end.append(p_end[targets == END])
+        elsewhere.append(p_end[targets != END])
+        ranks.append((logits > logits[:, END : END + 1]).sum(1) + 1)  # (N,)
+    at_end, elsewhere, ranks = (torch.cat(t) for t in (at_end, elsewhere, ranks))
+    return at_end.mean().item(), elsewhere.mean().item(), ranks.float().median().item()
+
+
+p_end = {}
+for init in ("mean", "random", "gpt"):
+    m = new_rows(base_model, init)
+    end_p, other_p, rank = end_token_odds(m, val_pairs)
+    s = score(m, eval_examples)
+    stops = sum(s[t]["stops"] for t in s) / len(s)
+    p_end[init] = (end_p + other_p) / 2
+    print(f"{init:<6} p(<|end|>) at answer ends {end_p:.1e}, elsewhere {other_p:.1e}, median "
+          f"rank {rank:,.0f} of {tok.n_vocab:,} | replies that stop {stops:.0%} | answer loss "
+          f"at step 0 {chat_loss(m, val_pairs, pad_id):.2f}")  # fmt: skip
+print("<|end|> is most probable at step 0 with the", max(p_end, key=p_end.get), "start")
 
 # %% [markdown]
-# With the mean rows, greedy replies contain no chat token: the mean row scores like an
-# average token, far below the few tokens the model expects next. Random rows with the old
-# rows' spread are ordinary-sized embeddings pointing in arbitrary directions, so each new
-# token is scored like some random ordinary token: high in a few contexts, low in most.
-# Greedy decoding therefore rarely picks one either, but sampling would now and then, before
-# the model has learned anything about them; and the answer loss at step 0, where `<|end|>`
-# is one of the counted targets, comes out the same or a little higher. Fine-tuning moves
-# either start where it needs to be. The mean is the start that cannot do harm before
-# training has had its say (Hewitt, 2021), which is why the library uses it.
+# The mean row scores like an average token: `<|end|>` ranks in the middle of the vocabulary
+# and gets a tiny probability. A zero-mean row, random or N(0, 0.02), gets a logit near zero
+# in every context, while most of a trained model's logits lie below zero (Hewitt, 2021; in
+# ours the large majority do), so such a row outranks most of the vocabulary. In our run both
+# random starts give `<|end|>` many times the mean row's probability and rank it far higher
+# (printed above). Here that is still not enough to beat the few tokens that fit, whose
+# logits are well above zero, so greedy replies do not stop any more often; sampling would
+# now and then pick a chat token before the model has learned anything about it. The
+# probability at the ends of answers is no higher than elsewhere: a random start does not
+# know where answers end, it guesses `<|end|>` more everywhere. That is also why the answer
+# loss at step 0 can come out lower than with the mean: `<|end|>` is a counted target at the
+# end of every answer. A model whose fitting tokens score closer to zero would let a random
+# row win outright and emit it in their place. Fine-tuning moves any of these starts where it
+# needs to be; the mean is the one that cannot do harm before training has had its say,
+# which is why the library uses it.
