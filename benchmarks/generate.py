@@ -175,9 +175,10 @@ give the same tokens past the context: the uncached one is an exact sliding wind
 cached one conditions on the last 64 to 128 tokens (see `generate`'s docstring).
 
 Why the speed-up is smaller with 2 threads: a cached step multiplies one token's vector by
-every weight matrix, so it is bound by reading the weights from memory (about 20 MB per
-token, 8 MB of it the output layer), not by arithmetic, and a second thread barely helps;
-the uncached path is arithmetic-bound and gains from the second core. On this shared
+every weight matrix (about 20 MB of weights per token, 8 MB of it the output layer), so it
+is dominated by fixed per-step costs, reading every weight for little arithmetic and
+PyTorch's overhead for each small operation, and a second thread barely helps; the uncached
+path does enough arithmetic per step to gain from the second core. On this shared
 machine, 2 OpenMP threads also stall for milliseconds whenever another process holds a
 core (a single cached attention call was seen to go from 14 us to 7 ms), so 2-thread
 numbers are the noisier ones; compare the load column.
