@@ -84,6 +84,8 @@ def test_chat_tokenizer_adds_four_ids_after_the_base_vocabulary():
     assert TOK.encode(USER, allowed_special="all") == [ids[USER]]
     assert TOK.name == "wikitext2-chat"
     assert get_chat_tokenizer("wikitext2-chat").n_vocab == 8196
+    # get_tokenizer knows the names chat checkpoints record, so any loader can use it
+    assert get_tokenizer("wikitext2-chat")._special_tokens == TOK._special_tokens
 
 
 def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean():

@@ -47,13 +47,12 @@ from wikigpt_lib.data import detokenize as detokenize_text
 from wikigpt_lib.data import split_articles
 from wikigpt_lib.generate import TextStreamer, stream
 from wikigpt_lib.model import GPT, IGNORE_INDEX
-from wikigpt_lib.tokenizer import EOT, get_tokenizer
+from wikigpt_lib.tokenizer import CHAT_SUFFIX, EOT, get_tokenizer
 from wikigpt_lib.train import TrainConfig, _precision_for, configure_optimizer, lr_at
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)  # their ids follow the base vocabulary, in order
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
-CHAT_SUFFIX = "-chat"  # a checkpoint's tokenizer name "wikitext2-chat" = wikitext2 + CHAT_TOKENS
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -632,8 +631,7 @@ def load_chat_model(
             f"{ckpt.path}: the tokenizer {tok.name!r} has {tok.n_vocab} ids but the model "
             f"only {ckpt.model_config.vocab_size}: the checkpoint is inconsistent."
         )
-    model = ckpt.build_model()
-    return model.to(device).eval(), tok
+    return ckpt.build_model(), tok  # on `device` (the weights were loaded there), eval mode
 
 
 # ----------------------------------------------------------------------------- chatting

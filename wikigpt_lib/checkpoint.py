@@ -355,4 +355,4 @@ def load_model(
     path: str | os.PathLike, which: str = "best", map_location: str | torch.device = "cpu"
 ) -> GPT:
     """A GPT rebuilt from a checkpoint's config and weights, in eval mode on `map_location`."""
-    return load_checkpoint(path, which, map_location).build_model().to(map_location)
+    return load_checkpoint(path, which, map_location).build_model()

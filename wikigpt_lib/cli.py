@@ -209,26 +209,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_for_inference(path: str, device: str | None):
-    """The best model of a run (or a checkpoint folder) on `device`, and its tokenizer."""
-    from wikigpt_lib.chat import CHAT_SUFFIX, get_chat_tokenizer
-    from wikigpt_lib.checkpoint import _read_config, load_model, resolve_checkpoint
+    """The best model of a run (or a checkpoint folder) on `device`, its tokenizer, and the
+    checkpoint it came from."""
+    from wikigpt_lib.checkpoint import load_checkpoint
     from wikigpt_lib.device import pick_device
     from wikigpt_lib.tokenizer import get_tokenizer
 
-    device = pick_device(device)
-    folder = resolve_checkpoint(path, "best")
-    model = load_model(folder, map_location=device)
-    config = _read_config(folder)
-    name = config.get("tokenizer") or "wikitext2"
-    # A chat-tuned model's ids include the role tokens, which get_tokenizer does not know.
-    chat_tuned = name.endswith(CHAT_SUFFIX)
-    enc = get_chat_tokenizer(name) if chat_tuned else get_tokenizer(name)
+    ckpt = load_checkpoint(path, "best", map_location=pick_device(device))
+    model = ckpt.build_model()
+    enc = get_tokenizer(ckpt.tokenizer or "wikitext2")
     if enc.n_vocab > model.config.vocab_size:
         raise ValueError(
-            f"{folder}: its tokenizer {enc.name!r} has {enc.n_vocab} tokens but the model only "
-            f"{model.config.vocab_size}: the checkpoint's config is inconsistent."
+            f"{ckpt.path}: its tokenizer {enc.name!r} has {enc.n_vocab} tokens but the model "
+            f"only {model.config.vocab_size}: the checkpoint's config is inconsistent."
         )
-    return model, enc, config
+    return model, enc, ckpt
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -276,8 +271,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from wikigpt_lib.data import load_corpus, wikitext2_source
     from wikigpt_lib.evaluate import evaluate_split
 
-    model, enc, config = _load_for_inference(args.checkpoint, args.device)
-    data = args.data or config.get("data") or "wikitext-2"
+    model, enc, ckpt = _load_for_inference(args.checkpoint, args.device)
+    data = args.data or ckpt.data or "wikitext-2"
     ds = load_corpus(data)
     split = {"valid": "validation", "val": "validation"}.get(args.split, args.split)
     r = evaluate_split(

@@ -48,6 +48,7 @@ SPLIT_PATTERN = (
 COURSE_VOCAB_SIZE = 8192
 COURSE_TOKENIZER_FILE = "wikitext2_bpe_8192.tiktoken"
 TOKENIZER_NAMES = ("wikitext2", "course", "gpt2")
+CHAT_SUFFIX = "-chat"  # "wikitext2-chat": the wikitext2 tokenizer plus the chat role tokens
 GPT2_LOAD_TIMEOUT_S = 60.0
 
 
@@ -334,16 +335,25 @@ def _parse_ranks(data: bytes, source: str) -> dict[bytes, int]:
 
 def get_tokenizer(name: str = "wikitext2") -> tiktoken.Encoding:
     """The course tokenizer ("wikitext2", alias "course") or OpenAI's GPT-2 tokenizer ("gpt2").
+    A "-chat" name ("wikitext2-chat", as chat checkpoints record it) gives that tokenizer plus
+    the chat role tokens (see `wikigpt_lib.chat.get_chat_tokenizer`).
 
     The course tokenizer ships inside the package and loads offline. GPT-2's files are
     downloaded by tiktoken on first use, or read from `$TIKTOKEN_CACHE_DIR`; when neither works
     this raises TokenizerUnavailableError.
     """
+    if name.endswith(CHAT_SUFFIX):
+        from wikigpt_lib.chat import get_chat_tokenizer  # chat imports this module: import late
+
+        return get_chat_tokenizer(name)
     if name in ("wikitext2", "course"):
         return _course_tokenizer()
     if name == "gpt2":
         return _gpt2_tokenizer()
-    raise ValueError(f"Unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}.")
+    raise ValueError(
+        f"Unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}, each also "
+        "with '-chat' for the chat tokenizer."
+    )
 
 
 @functools.lru_cache(maxsize=1)
