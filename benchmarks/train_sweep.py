@@ -17,9 +17,8 @@ the CPU (`--threads 1` each); only `plan` needs a quiet machine.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,11 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.train import (  # noqa: E402
-    SAFETY,
     build_trainer,
     eval_metrics,
     load_corpus,
-    time_steps,
+    plan_steps,
     today,
     train_for,
     validation_stats,
@@ -48,9 +46,7 @@ def plan(batch_sizes: list[int], budget_s: float) -> None:
     corpus = load_corpus("wikitext2")
     for batch in batch_sizes:
         model_cfg, train_cfg = train_preset("cpu", batch_size=batch)
-        _, trainer = build_trainer(model_cfg, train_cfg, corpus.train, CPU)
-        step_s = statistics.fmean(time_steps(trainer, CPU, 10))
-        steps = math.floor(budget_s / step_s * SAFETY)
+        steps, step_s = plan_steps(model_cfg, train_cfg, corpus.train, CPU, budget_s)
         print(f"batch {batch}: {step_s * 1e3:.0f} ms/step -> --steps {steps}", flush=True)
 
 
@@ -71,9 +67,13 @@ def run(batch: int, steps: int, threads: int) -> dict:
         "final_train_loss": curve[-1][1],
     }
     row |= eval_metrics(model, corpus.val, batch, trainer.precision, validation_stats())
-    rows = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else []
-    rows = [r for r in rows if (r["batch_size"], r["steps"]) != (batch, steps)] + [row]
-    save(rows)
+    # Runs may share the machine and finish together: add the rows one process at a time (an
+    # exclusive lock on this script's own file, which nothing writes).
+    with open(__file__) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else []
+        rows = [r for r in rows if (r["batch_size"], r["steps"]) != (batch, steps)] + [row]
+        save(rows)
     print(json.dumps(row), flush=True)
     return row
 

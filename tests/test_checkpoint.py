@@ -355,3 +355,18 @@ def test_shapes_that_do_not_fit(run_copy, change, bad, good):
     with pytest.raises(CheckpointError, match=re.escape(bad)) as info:
         load_model(folder)
     assert good not in str(info.value)  # only the tensors that do not fit are listed
+
+
+def test_load_model_and_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny")).eval()
+    ckpt_mod.save_checkpoint(tmp_path / "run", model=model, state={"step": 1}, is_best=True)
+    loaded, enc, ckpt = ckpt_mod.load_model_and_tokenizer(tmp_path / "run")
+    assert enc.n_vocab == model.config.vocab_size == 8192 and ckpt.path.name == "step_000001"
+    for (name, p), q in zip(loaded.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # a config whose tokenizer has more ids than the model has rows: a clear error, no IndexError
+    small = GPT(GPTConfig.preset("tiny", vocab_size=64))
+    ckpt_mod.save_checkpoint(tmp_path / "small", model=small, state={"step": 1}, is_best=True)
+    with pytest.raises(ckpt_mod.CheckpointError, match="has 8192 ids but the model only 64"):
+        ckpt_mod.load_model_and_tokenizer(tmp_path / "small")

@@ -46,6 +46,7 @@ from wikigpt_lib.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model,
+    load_model_and_tokenizer,
 )
 from wikigpt_lib.course import (
     CourseModel,
@@ -173,6 +174,7 @@ __all__ = [
     "load_corpus",
     "load_jsonl_examples",
     "load_model",
+    "load_model_and_tokenizer",
     "load_pretrained",
     "load_wikitext2",
     "lora_settings",

@@ -42,13 +42,25 @@ import tiktoken
 import torch
 from torch import nn
 
-from wikigpt_lib.checkpoint import load_checkpoint, load_weights_into, save_checkpoint, unwrap_model
+from wikigpt_lib.checkpoint import (
+    load_model_and_tokenizer,
+    load_weights_into,
+    save_checkpoint,
+    unwrap_model,
+)
 from wikigpt_lib.data import detokenize as detokenize_text
 from wikigpt_lib.data import split_articles
 from wikigpt_lib.generate import TextStreamer, stream
 from wikigpt_lib.model import GPT, IGNORE_INDEX
 from wikigpt_lib.tokenizer import CHAT_SUFFIX, EOT, get_tokenizer
-from wikigpt_lib.train import TrainConfig, _precision_for, configure_optimizer, lr_at
+from wikigpt_lib.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    _precision_for,
+    configure_optimizer,
+    loss_sums,
+    lr_at,
+)
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)  # their ids follow the base vocabulary, in order
@@ -518,16 +530,10 @@ def chat_loss(
     batch_size: int = 32,
 ) -> float:
     """Mean loss (nats) per assistant token over all `pairs`, each token counted once."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(pairs), batch_size):
-        x, y = pad_batch(pairs[start : start + batch_size], pad_id)
-        _, loss = model(x.to(device), y.to(device))
-        n = int((y != IGNORE_INDEX).sum())
-        total, count = total + float(loss) * n, count + n
-    model.train(was_training)
+    batches = (
+        pad_batch(pairs[i : i + batch_size], pad_id) for i in range(0, len(pairs), batch_size)
+    )
+    total, count = loss_sums(model, batches)
     return total / count
 
 
@@ -572,6 +578,11 @@ def finetune_chat(
         x, y = next(batches)
         with precision.autocast():
             _, loss = model(x.to(device), y.to(device))
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the loss is {loss.item()} at step {step + 1}: lower config.lr, or check the "
+                "pairs (a batch whose targets are all masked has no loss)."
+            )
         scaler.scale(loss).backward()
         if config.grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -618,20 +629,14 @@ def load_chat_model(
 ) -> tuple[GPT, tiktoken.Encoding]:
     """A fine-tuned chat model (best checkpoint of a run, or a checkpoint folder) in eval mode,
     and its chat tokenizer. Raises ValueError for a model that was never chat-tuned."""
-    ckpt = load_checkpoint(path, "best", map_location=device)
+    model, tok, ckpt = load_model_and_tokenizer(path, "best", map_location=device)
     if not ckpt.tokenizer.endswith(CHAT_SUFFIX):
         raise ValueError(
             f"{ckpt.path} holds a model without chat tokens (tokenizer {ckpt.tokenizer!r}): "
             "fine-tune it first (notebook 09, or wikigpt_lib.chat.finetune_chat and "
             "save_chat_model), then chat with that checkpoint."
         )
-    tok = get_chat_tokenizer(ckpt.tokenizer)
-    if tok.n_vocab > ckpt.model_config.vocab_size:
-        raise ValueError(
-            f"{ckpt.path}: the tokenizer {tok.name!r} has {tok.n_vocab} ids but the model "
-            f"only {ckpt.model_config.vocab_size}: the checkpoint is inconsistent."
-        )
-    return ckpt.build_model(), tok  # on `device` (the weights were loaded there), eval mode
+    return model, tok
 
 
 # ----------------------------------------------------------------------------- chatting
@@ -675,6 +680,13 @@ def trim_messages(
     return [{"role": "user", "content": content}]
 
 
+def _prompt_budget(model: nn.Module, max_new_tokens: int) -> int:
+    """Tokens the conversation may take so that min(max_new_tokens, block_size // 2) new
+    tokens still fit in the context."""
+    block_size = unwrap_model(model).config.block_size
+    return block_size - max(1, min(max_new_tokens, block_size // 2))
+
+
 def reply_tokens(
     model: nn.Module,
     messages: Sequence[Message],
@@ -690,9 +702,7 @@ def reply_tokens(
     min(max_new_tokens, block_size // 2) new tokens; generation stops at <|end|> or any other
     special token, or after `max_new_tokens`. temperature 0 (default) is greedy."""
     gpt = unwrap_model(model)
-    block_size = gpt.config.block_size
-    reserve = max(1, min(max_new_tokens, block_size // 2))
-    kept = trim_messages(messages, tok, block_size - reserve)
+    kept = trim_messages(messages, tok, _prompt_budget(gpt, max_new_tokens))
     ids = encode_chat(kept, tok, add_generation_prompt=True).ids
     device = next(gpt.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
@@ -720,9 +730,23 @@ def chat_stream(
     detokenize: undo WikiText's spacing (` , ` -> `,`) as `wikigpt_lib.data.detokenize` does.
     sampling: max_new_tokens, temperature, top_k, top_p, seed (see `reply_tokens`).
     """
+    yield from _reply_pieces(model, messages, tok, detokenize, [], **sampling)
+
+
+def _reply_pieces(
+    model: nn.Module,
+    messages: Sequence[Message],
+    tok: tiktoken.Encoding,
+    detokenize: bool,
+    ids: list[int],
+    **sampling: Any,
+) -> Iterator[str]:
+    """`chat_stream`'s text pieces; the reply's token ids are appended to `ids` as they come
+    (for a caller that keeps the conversation, even when it stops the reply early)."""
     streamer = TextStreamer(tok, detokenize=detokenize)
     started = False  # the reply starts with the template's space: not shown
     for token in reply_tokens(model, messages, tok, **sampling):
+        ids.append(token)
         piece = streamer.add([token])
         if not started and piece:
             piece, started = piece.lstrip(" "), True
@@ -786,8 +810,7 @@ def chat_repl(
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     seed = sampling.pop("seed", None)
     history: list[Message] = [{"role": "system", "content": system}] if system else []
-    block_size = unwrap_model(model).config.block_size
-    reserve = max(1, min(sampling.get("max_new_tokens", 64), block_size // 2))
+    budget = _prompt_budget(model, sampling.get("max_new_tokens", 64))
     stdout.write("Type a message and press Enter; /reset starts over, /exit or Ctrl-D quits.\n")
     turn = 0
     while True:
@@ -808,23 +831,16 @@ def chat_repl(
         if not text:
             continue
         history.append({"role": "user", "content": to_wikitext(text) if wikitext_input else text})
-        history = trim_messages(history, tok, block_size - reserve)
+        history = trim_messages(history, tok, budget)  # what the reply sees, kept for next turn
         stdout.write("bot> ")
         ids: list[int] = []
-        streamer = TextStreamer(tok, detokenize=detokenize)
-        shown = ""
         reply_seed = None if seed is None else seed + turn
         try:
-            for token in reply_tokens(model, history, tok, seed=reply_seed, **sampling):
-                ids.append(token)
-                piece = streamer.add([token])
-                if not shown.strip():
-                    piece = piece.lstrip(" ")
-                shown += piece
+            for piece in _reply_pieces(
+                model, history, tok, detokenize, ids, seed=reply_seed, **sampling
+            ):
                 stdout.write(piece)
                 stdout.flush()
-            tail = streamer.flush()
-            stdout.write(tail.lstrip(" ") if not shown.strip() else tail)
         except KeyboardInterrupt:
             stdout.write(" [stopped]")
         stdout.write("\n")

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,13 @@ class Checkpoint:
     def build_model(self) -> GPT:
         """The GPT these weights belong to (with its LoRA adapters, if it was saved with
         some), weights loaded, on the device the weights were loaded to, in eval mode."""
-        model = GPT(self.model_config)
+        device = next(iter(self.model_state.values())).device
+        with device:  # created on the weights' device: no copy to and from the CPU
+            model = GPT(self.model_config)
         if self.lora:
             restore_lora(model, self.lora)
         load_weights_into(model, self.model_state, str(self.path))
-        device = next(iter(self.model_state.values())).device
-        return model.to(device).eval()
+        return model.eval()
 
     def trainer_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Optimizer, scaler and RNG states (for resuming), loaded without unpickling code."""
@@ -102,21 +104,28 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call write(temporary path) beside `path`, flush the file to disk, then rename it over
+    `path`: readers see the old file or the whole new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """`obj` as indented JSON (plus a final newline) at `path`, written atomically."""
+    text = json.dumps(obj, indent=2) + "\n"
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -356,3 +365,21 @@ def load_model(
 ) -> GPT:
     """A GPT rebuilt from a checkpoint's config and weights, in eval mode on `map_location`."""
     return load_checkpoint(path, which, map_location).build_model()
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike, which: str = "best", map_location: str | torch.device = "cpu"
+) -> tuple[GPT, Any, Checkpoint]:
+    """For generating with a saved model: the GPT (eval mode, on `map_location`), the
+    tokenizer its checkpoint names (a `tiktoken.Encoding`; "-chat" names included), and the
+    `Checkpoint` itself. ValueError when the tokenizer has more ids than the model."""
+    from wikigpt_lib.tokenizer import get_tokenizer
+
+    ckpt = load_checkpoint(path, which, map_location)
+    enc = get_tokenizer(ckpt.tokenizer or "wikitext2")
+    if enc.n_vocab > ckpt.model_config.vocab_size:
+        raise CheckpointError(
+            f"{ckpt.path}: its tokenizer {enc.name!r} has {enc.n_vocab} ids but the model only "
+            f"{ckpt.model_config.vocab_size}: the checkpoint's config is inconsistent."
+        )
+    return ckpt.build_model(), enc, ckpt

@@ -211,19 +211,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_for_inference(path: str, device: str | None):
     """The best model of a run (or a checkpoint folder) on `device`, its tokenizer, and the
     checkpoint it came from."""
-    from wikigpt_lib.checkpoint import load_checkpoint
+    from wikigpt_lib.checkpoint import load_model_and_tokenizer
     from wikigpt_lib.device import pick_device
-    from wikigpt_lib.tokenizer import get_tokenizer
 
-    ckpt = load_checkpoint(path, "best", map_location=pick_device(device))
-    model = ckpt.build_model()
-    enc = get_tokenizer(ckpt.tokenizer or "wikitext2")
-    if enc.n_vocab > model.config.vocab_size:
-        raise ValueError(
-            f"{ckpt.path}: its tokenizer {enc.name!r} has {enc.n_vocab} tokens but the model "
-            f"only {model.config.vocab_size}: the checkpoint's config is inconsistent."
-        )
-    return model, enc, ckpt
+    return load_model_and_tokenizer(path, "best", pick_device(device))
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

@@ -148,23 +148,31 @@ def add_lora(
     that already has adapters.
     """
     _check_settings(r, alpha, dropout)
+    _check_no_adapters(model)
+    layers = {name: (r, alpha, dropout) for name in _find_targets(model, targets)}
+    return _freeze_and_wrap(model, layers)
+
+
+def _check_no_adapters(model: nn.Module) -> None:
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("this model already has LoRA adapters: merge_lora(model) first.")
-    names = _find_targets(model, targets)
+
+
+def _freeze_and_wrap(model: nn.Module, layers: dict[str, tuple[int, float, float]]) -> nn.Module:
+    """Freeze every parameter, then wrap each nn.Linear named in `layers` in a LoRALinear with
+    its (r, alpha, dropout): afterwards only the adapters train."""
     for p in model.parameters():
-        p.requires_grad_(False)  # only the adapters will train
-    for name in names:
-        _wrap(model, name, r, alpha, dropout)
+        p.requires_grad_(False)
+    for name, (r, alpha, dropout) in layers.items():
+        base = model.get_submodule(name)
+        _replace(model, name, LoRALinear(base, r, alpha, dropout).train(base.training))
     return model
 
 
-def _wrap(model: nn.Module, name: str, r: int, alpha: float, dropout: float) -> None:
-    """Replace the nn.Linear `name` of `model` by a LoRALinear around it."""
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the submodule `name` (e.g. "transformer.h.0.attn.c_attn") was."""
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    base = getattr(parent, child)
-    adapter = LoRALinear(base, r, alpha, dropout).train(base.training)  # keep eval mode
-    setattr(parent, child, adapter)
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -177,10 +185,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if not names:
         raise ValueError("this model has no LoRA adapters to merge (see add_lora).")
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        adapter = getattr(parent, child)
-        setattr(parent, child, adapter.merged().train(adapter.training))
+        adapter = model.get_submodule(name)
+        _replace(model, name, adapter.merged().train(adapter.training))
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -214,8 +220,7 @@ def restore_lora(model: nn.Module, settings: dict[str, dict[str, Any]]) -> nn.Mo
     """Put back the adapters that `lora_settings` described, on a model built like the one it
     came from (e.g. `GPT(config)`), freezing everything else as `add_lora` does; then load the
     saved weights into it. Returns the same model. ValueError for a layer it does not have."""
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
-        raise ValueError("this model already has LoRA adapters: restore_lora needs a plain one.")
+    _check_no_adapters(model)
     modules = dict(model.named_modules())
     wrong = [n for n in settings if not isinstance(modules.get(n), nn.Linear)]
     if wrong:
@@ -223,8 +228,5 @@ def restore_lora(model: nn.Module, settings: dict[str, dict[str, Any]]) -> nn.Mo
             f"LoRA layers {wrong[:3]} are not nn.Linear layers of this model: the settings "
             "belong to a model of another architecture."
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, layer in settings.items():
-        _wrap(model, name, int(layer["r"]), float(layer["alpha"]), float(layer["dropout"]))
-    return model
+    layers = {n: (int(s["r"]), float(s["alpha"]), float(s["dropout"])) for n, s in settings.items()}
+    return _freeze_and_wrap(model, layers)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -32,12 +31,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from wikigpt_lib.checkpoint import unwrap_model, write_atomic, write_json_atomic
+
 # Finding the files is wikigpt_lib.hub's job. Its public names are also imported from here
 # (`from wikigpt_lib.pretrained import fetch_pretrained`); `X as X` marks the ones this module
 # does not use itself as re-exports.
 from wikigpt_lib.hub import CONFIG_FILE, HUB_IDS, INDEX_FILE, WEIGHTS_FILE, fetch_pretrained
-from wikigpt_lib.hub import PICKLE_SUFFIXES as PICKLE_SUFFIXES
 from wikigpt_lib.hub import PretrainedUnavailableError as PretrainedUnavailableError
+from wikigpt_lib.lora import lora_settings
 from wikigpt_lib.model import GPT, GPTConfig
 
 # Conv1D weights (in, out) that become nn.Linear weights (out, in).
@@ -246,8 +247,9 @@ def load_pretrained(
     config = config_from_hf(hf_config, dropout=dropout)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in _read_weights(folder).items()}
     ours = hf_config.get("wikigpt_config") or {}
-    if ours.get("bias") is False and not any(sd[k].any() for k in _bias_keys(sd)):
-        sd = {k: v for k, v in sd.items() if k not in set(_bias_keys(sd))}
+    biases = set(_bias_keys(sd))
+    if ours.get("bias") is False and not any(sd[k].any() for k in biases):
+        sd = {k: v for k, v in sd.items() if k not in biases}
         config = config.replace(bias=False)
     try:
         converted = state_dict_from_hf(sd, config)
@@ -342,19 +344,6 @@ def _tokenizer_name(tokenizer: str | None, config: GPTConfig) -> str | None:
     return tokenizer
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call write(temporary path) beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _model_card(config: GPTConfig, n_params: int, tokenizer: str | None) -> str:
     tok = {
         "gpt2": "OpenAI's GPT-2 tokenizer (`tiktoken.get_encoding('gpt2')`, or transformers' "
@@ -385,26 +374,23 @@ def save_pretrained(model: GPT, path: str | os.PathLike, *, tokenizer: str | Non
     README.md model card if the folder has none. A model with LoRA adapters must be merged
     first (`wikigpt_lib.lora.merge_lora`).
     """
-    from wikigpt_lib.checkpoint import unwrap_model
-
     model = unwrap_model(model)
     if not isinstance(model, GPT):
         raise TypeError(f"save_pretrained exports a wikigpt GPT, got {type(model).__name__}.")
-    sd = model.state_dict()
-    if any(k.endswith((".lora_A", ".lora_B")) for k in sd):
+    if lora_settings(model):
         raise ValueError(
             "this model has LoRA adapters, which GPT-2 checkpoints cannot hold: fold them into "
             "the weights with wikigpt_lib.lora.merge_lora(model) first."
         )
+    sd = model.state_dict()
     config = model.config
     tokenizer = _tokenizer_name(tokenizer, config)
     tensors = state_dict_to_hf({k: v for k, v in sd.items() if k != "lm_head.weight"}, config)
     hf_config = hf_config_dict(config, tokenizer, sd["transformer.wte.weight"].dtype)
     folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-    text = json.dumps(hf_config, indent=2) + "\n"
-    _write_atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    write_json_atomic(folder / CONFIG_FILE, hf_config)
     if tokenizer == "wikitext2":
         from wikigpt_lib.tokenizer import COURSE_TOKENIZER_FILE
 

@@ -35,7 +35,7 @@ from wikigpt_lib.checkpoint import (
 )
 from wikigpt_lib.data import iter_eval_batches, windows_at
 from wikigpt_lib.device import Precision, pick_device, pick_precision
-from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -221,7 +221,8 @@ def loss_sums(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     precision: Precision | None = None,
 ) -> tuple[float, int]:
-    """(sum of token losses in nats, number of tokens) over `batches`, in eval mode."""
+    """(sum of token losses in nats, number of tokens) over `batches`, in eval mode. Targets
+    equal to IGNORE_INDEX (padding, masked prompts) are not counted, as the loss ignores them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -232,8 +233,9 @@ def loss_sums(
             x, y = x.to(device), y.to(device)
             with autocast:
                 _, loss = model(x, y)
-            total += float(loss) * y.numel()  # mean over the batch -> sum
-            count += y.numel()
+            n = int((y != IGNORE_INDEX).sum())  # the targets the mean loss was taken over
+            total += float(loss) * n  # mean over the batch -> sum
+            count += n
     finally:
         model.train(was_training)
     return total, count
