@@ -474,3 +474,21 @@ def test_real_wikitext2_chunked_encoding_equals_whole_text():
     assert len(blocks) > 50
     chunked = [t for ids in enc.encode_ordinary_batch(blocks) for t in ids]
     assert chunked == enc.encode_ordinary("".join(rows))
+
+
+def test_epoch_window_starts_visit_every_window_once_per_epoch():
+    from wikigpt_lib.data import epoch_window_starts
+
+    n, T, seed = 1000, 16, 3
+    windows = (n - T) // T  # 61
+    stream = epoch_window_starts(n, T, seed, 0, 3 * windows)
+    for e in range(3):
+        epoch = stream[e * windows : (e + 1) * windows]
+        offsets = epoch % T
+        assert len(set(offsets.tolist())) == 1  # one shift per epoch
+        assert sorted(epoch.tolist()) == [int(offsets[0]) + i * T for i in range(windows)]
+        assert int(epoch.max()) + T + 1 <= n  # every window has its shifted target
+    assert not torch.equal(stream[:windows], stream[windows : 2 * windows])  # epochs differ
+    # Any slice is the same as the matching part of the whole stream: resuming is exact.
+    assert torch.equal(epoch_window_starts(n, T, seed, 50, 30), stream[50:80])
+    assert not torch.equal(epoch_window_starts(n, T, seed + 1, 0, 30), stream[:30])

@@ -330,3 +330,18 @@ def test_hf_conversion_errors(hf_model):
     bad = {**hf_model.config.to_dict(), "activation_function": "relu", "n_inner": 100}
     with pytest.raises(ValueError, match="activation_function='relu'.*n_inner=100"):
         config_from_hf(bad)
+
+
+def test_forward_with_a_cache_equals_the_whole_sequence():
+    from wikigpt_lib.attention import KVCache
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny")).eval()
+    idx = torch.randint(0, 8192, (2, 32))
+    full, _ = model(idx)
+    cache = KVCache(model.config.n_layer, model.config.block_size)
+    pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 7), (7, 8), (8, 20), (20, 32))]
+    assert cache.length == 32
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit in the context"):
+        model(idx[:, :1], cache=cache)

@@ -184,6 +184,30 @@ def test_lr_without_warmup_starts_at_peak():
     assert lr_at(0, TrainConfig(max_steps=10, warmup_steps=0, lr=1e-3)) == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+def test_schedules_hit_their_endpoints(schedule):
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0, schedule=schedule)
+    rates = [lr_at(s, cfg) for s in range(120)]
+    assert rates[9] == pytest.approx(1e-3)  # warmup ends at the peak
+    assert max(rates) == pytest.approx(1e-3)
+    assert rates[100] == rates[119] == 0.0  # the floor at max_steps, and after
+    assert rates[99] > 0
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))  # never rises
+
+
+def test_linear_and_wsd_shapes():
+    linear = TrainConfig(max_steps=110, warmup_steps=10, lr=1.0, min_lr=0.0, schedule="linear")
+    assert lr_at(60, linear) == pytest.approx(0.5)  # half way down the line
+    wsd = linear.replace(schedule="wsd", decay_frac=0.2)  # flat to step 90, then down to 0
+    assert [lr_at(s, wsd) for s in (10, 50, 89)] == [1.0, 1.0, 1.0]
+    assert lr_at(90, wsd) == pytest.approx(1.0)
+    assert lr_at(100, wsd) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
+    with pytest.raises(ValueError, match="decay_frac"):
+        TrainConfig(decay_frac=0.0)
+
+
 def test_weight_decay_groups():
     model = small_model()  # bias=True: biases and LayerNorm gains and biases
     cfg = tcfg(weight_decay=0.1)
@@ -297,9 +321,22 @@ def test_grad_accumulation_equals_bigger_batch(tokens):
         assert not torch.equal(p, p0), name  # the steps did change the weights
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, tokens, val_tokens):
-    """Ctrl-C at step 5, then resume: losses and weights are those of a run never stopped."""
-    cfg = tcfg(max_steps=8, eval_interval=3, batch_size=2, grad_accum_steps=2, weight_decay=0.1)
+RESUME_SETTINGS = [
+    {},
+    {"optimizer": "muon", "schedule": "linear", "min_lr": 0.0},
+    {"optimizer": "adamw", "schedule": "wsd", "sampling": "epoch"},
+    {"optimizer": "muon", "schedule": "wsd", "decay_frac": 0.5, "sampling": "epoch"},
+]
+
+
+@pytest.mark.parametrize("settings", RESUME_SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_resume_equals_uninterrupted_run(tmp_path, tokens, val_tokens, settings):
+    """Ctrl-C at step 5, then resume: losses and weights are those of a run never stopped,
+    with every optimizer, schedule and sampling."""
+    cfg = tcfg(
+        max_steps=8, eval_interval=3, batch_size=2, grad_accum_steps=2, weight_decay=0.1,
+        **settings,
+    )  # fmt: skip
 
     rec_a = Recorder()
     trainer_a = Trainer(

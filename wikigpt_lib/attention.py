@@ -122,20 +122,83 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs): each head attends on its own
         return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, store_weights: bool | None = None) -> torch.Tensor:
-        """x: (B, T, n_embd) -> (B, T, n_embd)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        store_weights: bool | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x: (B, T, n_embd) -> (B, T, n_embd).
+
+        With a `cache`, x holds the T newest tokens: their keys and values are stored in
+        layer `layer` of the cache, and each new token attends to every cached token and to
+        the new ones up to itself (the caller advances `cache.length` once every layer ran).
+        """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
         p = self.dropout if self.training else 0.0
         keep = self.store_weights if store_weights is None else store_weights
         if keep:
             y, w = attention(q, k, v, dropout_p=p, training=self.training, return_weights=True)
-            self.last_weights = w.detach()  # (B, nh, T, T)
-        else:
+            self.last_weights = w.detach()  # (B, nh, T, past + T)
+        elif past == 0:  # the usual causal attention
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif T == 1:  # one new token: it may see every position, no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            # SDPA's is_causal aligns the mask top-left when T_q < T_k; new tokens need it
+            # bottom-right (each sees every cached token), which `causal_mask` gives.
+            mask = causal_mask(T, k.size(2), device=x.device)  # (T, past + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, at positions 0 ... length-1.
+
+    Why: attention is causal, so a token's keys and values depend only on the tokens before
+    it and never change. Keeping them lets generation run only the newest token through the
+    model instead of the whole context. `GPT.forward(idx, cache=cache)` fills and reads it.
+
+    Buffers of `max_len` positions, (B, n_head, max_len, head_size) per layer, are allocated
+    on first use and filled in place, so a step costs no copy of the whole cache.
+    """
+
+    def __init__(self, n_layer: int, max_len: int) -> None:
+        self.max_len = max_len
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.length = 0  # positions filled (the same in every layer once a step is done)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions length ... length+T-1 of `layer`; return the
+        keys and values of every position so far, (B, nh, length+T, hs) each."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(
+                f"the cache holds {self.length} positions and {k.size(2)} more do not fit in "
+                f"its {self.max_len}: reset it and start again."
+            )
+        if self.keys[layer] is None or self.keys[layer].shape[0] != k.shape[0]:
+            B, nh, _, hs = k.shape
+            self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept for reuse)."""
+        self.length = 0
 
 
 def _nearest_divisor(n: int, near: int) -> int:

@@ -484,6 +484,39 @@ def windows_at(
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+def epoch_window_starts(
+    n_tokens: int, block_size: int, seed: int, first: int, count: int
+) -> torch.Tensor:
+    """Starts of training windows number `first` ... `first + count - 1` (int64, (count,)) in
+    an endless stream of epochs over a split of `n_tokens` tokens.
+
+    Epoch e cuts the split into W = (n_tokens - T) // T non-overlapping windows shifted by a
+    random offset in [0, T), and visits them in a random order; offset and order come from
+    (seed, e) alone. So every window is seen once per epoch (random starts with replacement
+    miss about a third of them), each epoch sees different cuts, and the k-th window of the
+    stream depends only on k: a resumed run continues exactly.
+    """
+    windows = (n_tokens - block_size) // block_size
+    if windows < 1:
+        raise ValueError(
+            f"{n_tokens} tokens hold no window of block_size={block_size} plus its target."
+        )
+    flat = torch.arange(first, first + count)
+    starts = torch.empty(count, dtype=torch.int64)
+    for epoch in flat.div(windows, rounding_mode="floor").unique().tolist():
+        offset, order = _epoch_order(n_tokens, block_size, seed, epoch)
+        here = flat // windows == epoch
+        starts[here] = offset + order[flat[here] % windows] * block_size
+    return starts
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_tokens: int, block_size: int, seed: int, epoch: int) -> tuple[int, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    offset = int(torch.randint(block_size, (1,), generator=g))
+    return offset, torch.randperm((n_tokens - block_size) // block_size, generator=g)
+
+
 class TokenWindowDataset(torch.utils.data.Dataset):
     """Windows of `block_size` tokens and their targets shifted by one, every `stride` tokens
     (default: block_size, i.e. non-overlapping). The last partial window is dropped."""

@@ -14,8 +14,9 @@ although the keys and values of the earlier tokens never change (attention is ca
 token's keys and values depend only on the tokens before it). Keeping them per layer turns
 each step from a forward pass over T tokens into one over a single token.
 
-The cache reuses the model's own modules (`model.transformer.wte/wpe/h/ln_f`, `lm_head`), so
-`GPT.forward` is untouched and a cached step computes the same function as the uncached one.
+The cache lives in the model: `GPT.forward(idx, cache=cache)` and `CausalSelfAttention` fill
+and read it, so a cached step runs the same code as an uncached one, whatever the model's
+position scheme.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wikigpt_lib.attention import causal_mask
+from wikigpt_lib.attention import KVCache
 from wikigpt_lib.checkpoint import unwrap_model
 from wikigpt_lib.data import _DETOKENIZE_RULES, detokenize
 
@@ -177,62 +178,6 @@ def _pick(
 # ----------------------------------------------------------------------------- KV cache
 
 
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, at positions 0 ... length-1.
-
-    Buffers of `max_len` positions, (B, n_head, max_len, head_size) per layer, are allocated
-    on first use and filled in place, so a step costs no copy of the whole cache.
-    """
-
-    def __init__(self, n_layer: int, max_len: int) -> None:
-        self.max_len = max_len
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.length = 0  # positions filled (the same in every layer once a step is done)
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions length ... length+T-1 of `layer`; return the
-        keys and values of every position so far, (B, nh, length+T, hs) each."""
-        if self.keys[layer] is None:
-            B, nh, _, hs = k.shape
-            self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
-            self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def reset(self) -> None:
-        """Forget every position (the buffers are kept for reuse)."""
-        self.length = 0
-
-
-def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-
-
-def _attend_cached(attn: nn.Module, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-    """`CausalSelfAttention.forward` for T new tokens that also attend to the cached ones."""
-    B, T, C = x.shape
-    q, k, v = attn.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
-    q, k, v = _heads(q, attn.n_head), _heads(k, attn.n_head), _heads(v, attn.n_head)
-    k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
-    if cache.length == 0:  # nothing cached: the usual causal attention
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    elif T == 1:  # one new token: it may see every position, no mask needed
-        y = F.scaled_dot_product_attention(q, k, v)
-    else:
-        # SDPA's is_causal aligns the mask top-left when T_q < T_k; new tokens need it
-        # bottom-right (each sees every cached token), which `causal_mask` gives.
-        mask = causal_mask(T, k.size(2), device=x.device)  # (T, past + T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-    return attn.resid_dropout(attn.c_proj(y))
-
-
 def forward_cached(model: nn.Module, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Run the new tokens idx (B, T) through `model` at positions cache.length ... +T-1,
     attending to the cached keys and values; store theirs. Returns logits (B, T, vocab).
@@ -240,22 +185,8 @@ def forward_cached(model: nn.Module, idx: torch.Tensor, cache: KVCache) -> torch
     With an empty cache this computes `model(idx)[0]`; then feeding tokens one at a time
     gives, at each step, the logits `model` gives for the whole sequence so far.
     """
-    gpt = unwrap_model(model)
-    B, T = idx.shape
-    start = cache.length
-    if start + T > gpt.config.block_size:
-        raise ValueError(
-            f"the cache holds {start} positions and {T} more do not fit in the context "
-            f"(block_size={gpt.config.block_size}): reset the cache and start again."
-        )
-    tr = gpt.transformer
-    pos = torch.arange(start, start + T, device=idx.device)  # (T,) absolute positions
-    x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C)
-    for layer, block in enumerate(tr.h):
-        x = x + _attend_cached(block.attn, block.ln_1(x), cache, layer)  # (B, T, C)
-        x = x + block.mlp(block.ln_2(x))
-    cache.length = start + T  # every layer has stored its T new positions
-    return gpt.lm_head(tr.ln_f(x))  # (B, T, vocab)
+    logits, _ = unwrap_model(model)(idx, cache=cache)
+    return logits
 
 
 def _next_logits(model: nn.Module, seq: torch.Tensor, cache: KVCache | None) -> torch.Tensor:

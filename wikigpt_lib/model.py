@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wikigpt_lib.attention import CausalSelfAttention, _nearest_divisor
+from wikigpt_lib.attention import CausalSelfAttention, KVCache, _nearest_divisor
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (e.g. masked prompts)
 
@@ -138,8 +138,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -200,7 +202,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    def _check_inputs(
+        self, idx: torch.Tensor, targets: torch.Tensor | None, start: int = 0
+    ) -> torch.Tensor:
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}.")
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
@@ -217,6 +221,11 @@ class GPT(nn.Module):
         if idx.numel() == 0:
             raise ValueError(f"idx is empty (shape {tuple(idx.shape)}); give at least one token.")
         seq_len = idx.size(1)
+        if start and start + seq_len > self.config.block_size:
+            raise ValueError(
+                f"the cache holds {start} positions and {seq_len} more do not fit in the "
+                f"context (block_size={self.config.block_size}): reset the cache and start again."
+            )
         if seq_len > self.config.block_size:
             raise ValueError(
                 f"sequence length {seq_len} is longer than block_size {self.config.block_size}; "
@@ -242,20 +251,31 @@ class GPT(nn.Module):
             )
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) int token ids; targets: (B, T) next-token ids or -100 to ignore.
 
         Returns logits (B, T, vocab_size) and the mean cross-entropy (or None without
         targets). If every target is -100 the loss is NaN (nothing to average).
+
+        cache: a `KVCache` holding the keys and values of the tokens before idx. The tokens
+        of idx then sit at positions cache.length ... cache.length + T - 1, attend to the
+        cached ones, and are added to the cache. With an empty cache this is `model(idx)`;
+        feeding a sequence in pieces gives the logits of the whole sequence, piece by piece.
         """
-        idx = self._check_inputs(idx, targets)
+        start = 0 if cache is None else cache.length
+        idx = self._check_inputs(idx, targets, start)
         T = idx.size(1)
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,) absolute positions
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)  # (B, T, C)
+        if cache is not None:
+            cache.length = start + T  # every layer has stored its T new positions
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
         if targets is None:

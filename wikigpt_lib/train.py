@@ -33,11 +33,19 @@ from wikigpt_lib.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from wikigpt_lib.data import iter_eval_batches, windows_at
+from wikigpt_lib.data import epoch_window_starts, iter_eval_batches, windows_at
 from wikigpt_lib.device import Precision, pick_device, pick_precision
 from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
+from wikigpt_lib.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    configure_optimizer,
+    lr_at,
+    set_lr,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SAMPLINGS = ("random", "epoch")
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,14 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch, per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
-    min_lr: float = 1e-4  # where the cosine decay ends, at max_steps
+    min_lr: float = 1e-4  # where the decay ends, at max_steps
     warmup_steps: int = 50
+    schedule: str = "cosine"  # decay after warmup: "cosine", "linear" or "wsd" (see lr_at)
+    decay_frac: float = 0.2  # "wsd" only: the share of the steps spent decaying
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (optim.Muon)
+    muon_lr: float = 0.02  # "muon" only: peak learning rate of the Muon group
+    muon_momentum: float = 0.95  # "muon" only
+    sampling: str = "random"  # training windows: "random" starts, or "epoch" (each once)
     weight_decay: float = 0.1  # on weight matrices only (not biases, LayerNorm)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -91,6 +105,25 @@ class TrainConfig:
             raise ValueError("TrainConfig.weight_decay and grad_clip must be >= 0.")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("TrainConfig.beta1 and beta2 must be in [0, 1).")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got "
+                f"{self.schedule!r}."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                f"{self.optimizer!r}."
+            )
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"TrainConfig.sampling must be one of {', '.join(SAMPLINGS)}, got "
+                f"{self.sampling!r}."
+            )
+        if not 0 < self.decay_frac <= 1:
+            raise ValueError(f"TrainConfig.decay_frac must be in (0, 1], got {self.decay_frac}.")
+        if not self.muon_lr > 0 or not 0 <= self.muon_momentum < 1:
+            raise ValueError("TrainConfig.muon_lr must be > 0 and muon_momentum in [0, 1).")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got "
@@ -164,43 +197,6 @@ def train_preset(name: str, **train_overrides: Any) -> tuple[GPTConfig, TrainCon
 
 
 # ----------------------------------------------------------------------------- the pieces
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): a linear warmup to cfg.lr over
-    cfg.warmup_steps, then a cosine decay that reaches cfg.min_lr at cfg.max_steps.
-
-    Warmup matters because Adam's second-moment estimates are poor for the first steps; big
-    updates then can push a fresh model somewhere it never recovers from.
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.max_steps:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: weight matrices and embeddings (2-D) decay; biases and LayerNorm
-    gains (1-D) do not: shrinking them toward 0 only fights the normalisation."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-def configure_optimizer(
-    model: nn.Module, cfg: TrainConfig, device_type: str = "cpu"
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, with the fused CUDA kernel on GPUs (one launch per step)."""
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=lr_at(0, cfg),
-        betas=(cfg.beta1, cfg.beta2),
-        fused=True if device_type == "cuda" else None,
-    )
 
 
 def _precision_for(name: str, device: torch.device) -> Precision:
@@ -441,9 +437,15 @@ class Trainer:
         global set of window starts and takes its own slice, so N processes with batch B
         see exactly what one process with batch N*B would."""
         c = self.config
-        n = len(self.train_data) - self.block_size
         shape = (c.grad_accum_steps, self.world_size, c.batch_size)
-        starts = torch.randint(n, shape, generator=self.generator)[:, self.rank]  # (A, B)
+        if c.sampling == "epoch":  # a function of the step alone: resumes exactly
+            per_step = math.prod(shape)
+            n = len(self.train_data)
+            flat = epoch_window_starts(n, self.block_size, c.seed, self.step * per_step, per_step)
+            starts = flat.view(shape)[:, self.rank]  # (A, B)
+        else:
+            n = len(self.train_data) - self.block_size
+            starts = torch.randint(n, shape, generator=self.generator)[:, self.rank]  # (A, B)
         for micro in starts:
             yield windows_at(self.train_data, micro, self.block_size, device=self.device)
 
@@ -458,8 +460,7 @@ class Trainer:
         self._phase = "gradients"
         self.forward_model.train()
         lr = lr_at(self.step, c)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(self._micro_batches()):
             last = i == c.grad_accum_steps - 1
