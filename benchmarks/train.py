@@ -37,7 +37,9 @@ import datetime
 import json
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +94,74 @@ NANOGPT_TRAIN = dict(
     weight_decay=0.1,
     grad_clip=1.0,
 )
-COURSE, NANOGPT = "course cpu preset", "nanoGPT-style CPU defaults"
+NANOGPT = "nanoGPT-style CPU defaults"
+
+
+@dataclass(frozen=True)
+class LadderRow:
+    """One configuration: a model and training settings, in full."""
+
+    name: str
+    change: str  # what this row adds to the one before, in a few words
+    model: dict
+    train: dict
+    tokenizer: str = "wikitext2"
+
+    def configs(self, seed: int | None = None) -> tuple[GPTConfig, TrainConfig]:
+        vocab = get_tokenizer(self.tokenizer).n_vocab
+        model = GPTConfig(**{"vocab_size": vocab, **self.model})
+        train = TrainConfig(**{**self.train, **({} if seed is None else {"seed": seed})})
+        return model, train
+
+
+def ladder(steps: list[tuple[str, str, dict, dict]]) -> list[LadderRow]:
+    """Rows that each add their changes to everything the rows above them changed."""
+    rows, model, train = [], {}, {}
+    for name, change, model_changes, train_changes in steps:
+        model, train = {**model, **model_changes}, {**train, **train_changes}
+        rows.append(LadderRow(name, change, dict(model), dict(train)))
+    return rows
+
+
+# The `cpu` preset of 2026-11-26 (benchmarks/results/train_cpu.md of that date), in full, so
+# the ladder starts from it whatever the preset is now.
+OLD_CPU_MODEL = dict(block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.0, bias=False)
+OLD_CPU_TRAIN = dict(
+    batch_size=16, grad_accum_steps=1, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.1,
+    beta1=0.9, beta2=0.95, grad_clip=1.0, schedule="cosine", optimizer="adamw",
+    sampling="random", seed=1337,
+)  # fmt: skip
+LADDER = ladder(
+    [
+        ("old cpu preset", "the preset of 2026-11-26", OLD_CPU_MODEL, OLD_CPU_TRAIN),
+        (
+            "+ schedule",
+            "peak lr 3e-3, linear decay to 0 (was cosine to a tenth)",
+            {},
+            {"lr": 3e-3, "min_lr": 0.0, "schedule": "linear"},
+        ),
+        (
+            "+ shape, epochs",
+            "width 192, 3 heads: 1.45x the tokens/s; each window once per epoch",
+            {"n_embd": 192, "n_head": 3},
+            {"sampling": "epoch"},
+        ),
+        (
+            "+ Muon",
+            "Muon (lr 0.02) for the blocks' matrices, AdamW for the rest",
+            {},
+            {"optimizer": "muon", "muon_lr": 0.02},
+        ),
+        ("d128 (explore)", "width 128, 2 heads: more epochs", {"n_embd": 128, "n_head": 2}, {}),
+    ]
+)
+BASELINE = LadderRow(
+    NANOGPT,
+    "what a user might pick instead: GPT-2's tokenizer and nanoGPT's small CPU settings",
+    NANOGPT_MODEL,
+    {**OLD_CPU_TRAIN, **NANOGPT_TRAIN},
+    tokenizer="gpt2",
+)
 WARMUP_STEPS = 2
 SAFETY = 0.97  # max_steps = floor(budget / step time x SAFETY)
 
@@ -170,9 +239,9 @@ def gpu_peak(device: torch.device, bench: Bench) -> tuple[float, str]:
 
 
 def throughput_row(
-    name: str, corpus: Corpus, device: torch.device, steps: int, seed: int | None
+    name: str, corpus: Corpus, device: torch.device, steps: int, seed: int | None, **changes
 ) -> dict:
-    model_cfg, train_cfg = train_preset(name)
+    model_cfg, train_cfg = train_preset(name, **changes)
     train_cfg = train_cfg.replace(seed=seed) if seed is not None else train_cfg
     model, trainer = build_trainer(model_cfg, train_cfg, corpus.train, device)
     times = time_steps(trainer, device, steps)
@@ -204,11 +273,15 @@ def run_throughput(args: argparse.Namespace, device: torch.device) -> dict:
         bench.matmul_rate((1024, 2048, 4096))
     presets = args.presets or (GPU_PRESETS if cuda else CPU_PRESETS)
     rows = {}
+    # Each preset as it ships, and with torch.compile (fuses the elementwise work).
+    variants = {"": {}, " + compile": {"compile": True}}
     for name in presets:
-        rows[name] = throughput_row(name, corpus, device, args.steps, args.seed)
-        print(f"  {name}: {describe_speed(rows[name])}", flush=True)
-        if not cuda:
-            bench.recheck_peak()  # the load may change: the best of all is the peak
+        for suffix, changes in variants.items():
+            key = name + suffix
+            rows[key] = throughput_row(name, corpus, device, args.steps, args.seed, **changes)
+            print(f"  {key}: {describe_speed(rows[key])}", flush=True)
+            if not cuda:
+                bench.recheck_peak()  # the load may change: the best of all is the peak
     if cuda:
         peak, source = gpu_peak(device, bench)
     else:
@@ -247,20 +320,6 @@ def describe_speed(row: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- quality
-
-
-def quality_configs(seed: int | None) -> dict[str, tuple[GPTConfig, TrainConfig, str]]:
-    """name -> (model config, train config, tokenizer) for the two contenders."""
-    course_model, course_train = train_preset("cpu")
-    nano_model = GPTConfig(vocab_size=get_tokenizer("gpt2").n_vocab, **NANOGPT_MODEL)
-    nano_train = course_train.replace(**NANOGPT_TRAIN)
-    configs = {
-        COURSE: (course_model, course_train, "wikitext2"),
-        NANOGPT: (nano_model, nano_train, "gpt2"),
-    }
-    if seed is not None:
-        configs = {k: (m, t.replace(seed=seed), tok) for k, (m, t, tok) in configs.items()}
-    return configs
 
 
 def plan_steps(
@@ -321,26 +380,41 @@ def eval_metrics(
 
 def quality_run(
     name: str,
-    configs: tuple[GPTConfig, TrainConfig, str],
+    row: LadderRow,
     device: torch.device,
     budget_s: float,
     stats: dict,
+    seed: int | None = None,
+    step_s: float | None = None,
 ) -> dict:
-    model_cfg, train_cfg, tokenizer = configs
-    corpus = load_corpus(tokenizer)
-    steps, probe_s = plan_steps(model_cfg, train_cfg, corpus.train, device, budget_s)
+    """Train one ladder row for the budget and evaluate it on the whole validation split.
+
+    step_s: a step time measured beforehand (see `measure_rows`); without it the step is
+    timed here. max_steps = floor(budget / step time x SAFETY).
+    """
+    model_cfg, train_cfg = row.configs(seed)
+    corpus = load_corpus(row.tokenizer)
+    if step_s is None:
+        steps, step_s = plan_steps(model_cfg, train_cfg, corpus.train, device, budget_s)
+    else:
+        steps = max(1, math.floor(budget_s / step_s * SAFETY))
     train_cfg = train_cfg.replace(max_steps=steps)
-    print(f"  {name}: {probe_s * 1e3:.0f} ms/step -> max_steps {steps}", flush=True)
+    print(f"  {name}: {step_s * 1e3:.0f} ms/step -> max_steps {steps}", flush=True)
     model, trainer = build_trainer(model_cfg, train_cfg, corpus.train, device)
     wall_s, curve = train_for(trainer, device)
     tokens = trainer.tokens_seen
-    row = {
-        "tokenizer": tokenizer,
+    result = {
+        "row": row.name,
+        "change": row.change,
+        "seed": train_cfg.seed,
+        "tokenizer": row.tokenizer,
         "model": model_cfg.to_dict(),
         "train": {k: v for k, v in train_cfg.to_dict().items() if k not in ("device",)},
         "params": model.num_params(),
         "flops_per_token": model.estimate_flops_per_token(),
-        "probe_step_s": round(probe_s, 4),
+        "probe_step_s": round(step_s, 4),
+        "budget_tokens_per_s": round(trainer.tokens_per_step / step_s, 1),
+        "train_threads": torch.get_num_threads(),
         "precision": trainer.precision.name,
         "steps": trainer.step,
         "tokens_seen": tokens,
@@ -351,9 +425,9 @@ def quality_run(
         "final_train_loss": curve[-1][1],
         "train_curve": curve,
     }
-    row |= eval_metrics(model, corpus.val, train_cfg.batch_size, trainer.precision, stats)
-    print(f"  {name}: {describe_quality(row)}", flush=True)
-    return row
+    result |= eval_metrics(model, corpus.val, 64, trainer.precision, stats)
+    print(f"  {name}: {describe_quality(result)}", flush=True)
+    return result
 
 
 def describe_quality(row: dict) -> str:
@@ -364,37 +438,76 @@ def describe_quality(row: dict) -> str:
     )
 
 
-def course_settings() -> dict:
-    model, train = train_preset("cpu")
-    keys = [*NANOGPT_MODEL, *NANOGPT_TRAIN]
-    return {k: v for k, v in {**model.to_dict(), **train.to_dict()}.items() if k in keys}
-
-
 def settings(d: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
-def pick_winner(runs: dict[str, dict]) -> dict:
-    """Lower word-level perplexity and bits per byte win (both tokenizer-independent)."""
-    by = {m: min(runs, key=lambda n, m=m: runs[n][m]) for m in ("word_ppl", "bits_per_byte")}
-    overall = by["word_ppl"] if by["word_ppl"] == by["bits_per_byte"] else "split"
-    return {
-        "overall": overall,
-        "by_word_ppl": by["word_ppl"],
-        "by_bits_per_byte": by["bits_per_byte"],
-    }
+def ladder_rows() -> dict[str, LadderRow]:
+    return {row.name: row for row in [*LADDER, BASELINE]}
 
 
-def run_quality(args: argparse.Namespace, device: torch.device) -> dict:
+def measure_rows(names: list[str], device: torch.device) -> dict[str, float]:
+    """Median time of 10 training steps (after WARMUP_STEPS) for each row, one row at a time
+    with every thread: what a budget buys on this machine, measured before any training."""
+    rows, times = ladder_rows(), {}
+    for name in names:
+        model_cfg, train_cfg = rows[name].configs()
+        corpus = load_corpus(rows[name].tokenizer)
+        _, trainer = build_trainer(model_cfg, train_cfg, corpus.train, device)
+        times[name] = statistics.median(time_steps(trainer, device, 10))
+        print(f"  {name}: {times[name] * 1e3:.0f} ms/step", flush=True)
+    return times
+
+
+def run_key(name: str, seed: int) -> str:
+    return f"{name} (seed {seed})"
+
+
+def run_jobs(jobs: list[tuple[str, int]], step_s: dict, args, stats: dict) -> dict[str, dict]:
+    """Train and evaluate every (row, seed); with --jobs N, N at a time in subprocesses of one
+    thread each (quality depends on the steps, which the measured step time fixes)."""
+    rows, device = ladder_rows(), torch.device(args.device)
+    if args.jobs == 1:
+        return {
+            run_key(n, s): quality_run(n, rows[n], device, args.budget_s, stats, s, step_s[n])
+            for n, s in jobs
+        }
+    tmp = Path(tempfile.mkdtemp(prefix="ladder-"))
+    pending, running, done = list(jobs), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, seed = pending.pop(0)
+            out = tmp / f"{len(pending)}.json"
+            cmd = [sys.executable, __file__, "--train-row", name, "--seed", str(seed),
+                   "--step-s", str(step_s[name]), "--budget-s", str(args.budget_s),
+                   "--threads", "1", "--row-out", str(out)]  # fmt: skip
+            running.append((name, seed, out, subprocess.Popen(cmd)))
+        time.sleep(2)
+        for job in [j for j in running if j[3].poll() is not None]:
+            running.remove(job)
+            name, seed, out, proc = job
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} (seed {seed}) failed with exit code {proc.returncode}")
+            done[run_key(name, seed)] = json.loads(out.read_text())
+    return {run_key(n, s): done[run_key(n, s)] for n, s in jobs}
+
+
+def run_quality(args: argparse.Namespace, device: torch.device, previous: dict) -> dict:
+    """The ladder and the baseline at the budget; --repeats more seeds for the last row and
+    the baseline. Runs already in `previous` (same budget) are kept unless --rows names them."""
     log = {"load_avg_start": load_avg()}
     stats = validation_stats()
-    runs = {
-        name: quality_run(name, cfg, device, args.budget_s, stats)
-        for name, cfg in quality_configs(args.seed).items()
-    }
+    names = args.rows or [row.name for row in LADDER] + [NANOGPT]
+    seeds = [OLD_CPU_TRAIN["seed"] + i for i in range(args.repeats)]
+    repeated = {LADDER[-1].name, NANOGPT}
+    jobs = [(n, s) for n in names for s in (seeds if n in repeated else seeds[:1])]
+    print("step times (all threads, one row at a time)", flush=True)
+    step_s = measure_rows(names, device)
+    runs = dict(previous.get("runs", {})) if previous.get("budget_s") == args.budget_s else {}
+    runs |= run_jobs(jobs, step_s, args, stats)
     log["load_avg_end"] = load_avg()
-    winner = pick_winner(runs)
-    print(f"  winner: {winner}", flush=True)
+    order = [*ladder_rows()]
+    runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[1]["row"]), kv[1]["seed"])))
     return {
         "date": today(),
         "device": device.type,
@@ -403,23 +516,23 @@ def run_quality(args: argparse.Namespace, device: torch.device) -> dict:
         "data": "wikitext-2-v1; trained on train, evaluated on the whole validation split",
         "validation": stats,
         "nanogpt_source": NANOGPT_README,
-        "nanogpt_settings": {**NANOGPT_MODEL, **NANOGPT_TRAIN},
-        "course_settings": course_settings(),
         "method": (
-            f"{WARMUP_STEPS} warm-up + 10 timed Trainer.train_step calls give the "
-            f"step time; max_steps = floor(budget / step time x {SAFETY}) so the cosine "
-            "schedule ends at the budget; a fresh model (same seed) then trains with "
-            "Trainer.fit(max_steps) and no validation data, so no evaluation inside the budget "
-            "(wall_s is the fit call). Evaluation: "
-            "evaluate_loss(max_batches=None) over non-overlapping block_size windows; "
-            "total_nats = loss x all validation tokens (the few the windows miss counted at "
-            "the mean); word_ppl = exp(total_nats / words); bits_per_byte = total_nats / ln 2 "
-            "/ UTF-8 bytes of the split"
+            f"each row's step time is the median of 10 timed Trainer.train_step calls (after "
+            f"{WARMUP_STEPS} warm-up steps), measured one row at a time with all threads "
+            f"before any training; max_steps = floor(budget / step time x {SAFETY}), so the "
+            "schedule ends where the budget does on this machine. A fresh model (same seed) then "
+            "trains with Trainer.fit(max_steps) and no validation data (nothing is evaluated "
+            "inside the budget); with --jobs 2 two rows train at once on one thread each, "
+            "which changes their wall time but not their steps. Evaluation: evaluate_loss over "
+            "non-overlapping block_size windows of the whole validation split; total_nats = "
+            "loss x all validation tokens (the few the windows miss counted at the mean); "
+            "word_ppl = exp(total_nats / words); bits_per_byte = total_nats / ln 2 / UTF-8 bytes"
         ),
         "run_log": log,
+        "rows": {row.name: {"change": row.change, "model": row.model, "train": row.train,
+                            "tokenizer": row.tokenizer} for row in ladder_rows().values()},
         "runs": runs,
-        "winner": winner,
-    }
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- output
@@ -469,43 +582,68 @@ def throughput_md(part: dict) -> list[str]:
     return lines
 
 
+def spread(values: list[float], digits: int = 1) -> str:
+    """Mean (min-max) of repeated measurements."""
+    f = f".{digits}f"
+    if len(values) == 1:
+        return format(values[0], f)
+    return f"{statistics.fmean(values):{f}} ({min(values):{f}}-{max(values):{f}})"
+
+
 def quality_md(part: dict) -> list[str]:
-    v, w = part["validation"], part["winner"]
+    v, runs = part["validation"], part["runs"]
     lines = [
         "",
-        f"## Quality after {part['budget_s']:.0f} s of training ({part['device']})",
+        f"## The ladder: quality after {part['budget_s']:.0f} s of training ({part['device']})",
         "",
         machine_line(part),
-        f"Validation: {v['words']:,} words, {v['bytes']:,} bytes. Method, per config: "
-        f"{part['method']}.",
+        f"Validation: {v['words']:,} words, {v['bytes']:,} bytes. Method: {part['method']}.",
         "",
-        f"nanoGPT-style CPU defaults: the settings of {part['nanogpt_source']}: "
-        f"{settings(part.get('nanogpt_settings', {}))}. The README's max_iters/lr_decay_iters are "
-        "replaced by the budget's max_steps. Course cpu preset: "
-        f"{settings(part.get('course_settings', {}))}.",
+        "Each row adds its change to every row above it (settings in full in the JSON file). "
+        f"The baseline, {NANOGPT}: {part['nanogpt_source']}.",
         "",
-        "| config | tokenizer | params | block | steps | tokens seen | wall s | val loss "
-        "(nats/token) | token ppl | word ppl | bits/byte |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| row | change | params | tokens/s | steps | tokens seen | epochs | val loss "
+        "(nats/token) | word ppl | bits/byte |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in part["runs"].items():
+    first = {}
+    for r in runs.values():
+        first.setdefault(r["row"], r)
+    for name, r in first.items():
         lines.append(
-            f"| {name} | {r['tokenizer']} | {r['params'] / 1e6:.2f}M | {r['model']['block_size']} "
-            f"| {r['steps']:,} | {r['tokens_seen']:,} | {r['wall_s']:.0f} "
-            f"| {r['val_loss_nats_per_token']:.3f} | {r['token_ppl']:.1f} | {r['word_ppl']:.1f} "
+            f"| {name} | {r['change']} | {r['params'] / 1e6:.2f}M "
+            f"| {r['budget_tokens_per_s']:,.0f} | {r['steps']:,} | {r['tokens_seen']:,} "
+            f"| {r['epochs']:.2f} | {r['val_loss_nats_per_token']:.3f} | {r['word_ppl']:.1f} "
             f"| {r['bits_per_byte']:.3f} |"
         )
-    lines += [
-        "",
-        f"Winner: **{w['overall']}** (word-level perplexity: {w['by_word_ppl']}; bits per byte: "
-        f"{w['by_bits_per_byte']}). Token perplexity does not compare across tokenizers. Each "
-        "model is evaluated with windows of its own block size, so a shorter block also means "
-        "less context per prediction. Tokens the windows miss, counted at the mean loss: "
-        + ", ".join(
-            f"{n}: {r['uncovered_tokens']} of {r['val_tokens']:,}" for n, r in part["runs"].items()
-        )
-        + ".",
-    ]
+    by_row: dict[str, list[dict]] = {}
+    for r in runs.values():
+        by_row.setdefault(r["row"], []).append(r)
+    repeated = {n: rs for n, rs in by_row.items() if len(rs) > 1}
+    if repeated:
+        lines += [
+            "",
+            "Repeats (seeds change the initial weights and the batches): mean (min-max).",
+            "",
+            "| row | seeds | word ppl | bits/byte |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for name, rs in repeated.items():
+            lines.append(
+                f"| {name} | {', '.join(str(r['seed']) for r in rs)} "
+                f"| {spread([r['word_ppl'] for r in rs])} "
+                f"| {spread([r['bits_per_byte'] for r in rs], 3)} |"
+            )
+    if NANOGPT in by_row and by_row.keys() - {NANOGPT}:
+        last = [n for n in by_row if n != NANOGPT][-1]
+        ours = statistics.fmean(r["word_ppl"] for r in by_row[last])
+        base = statistics.fmean(r["word_ppl"] for r in by_row[NANOGPT])
+        lines += [
+            "",
+            f"{last}: word perplexity {ours:.1f}, {ours / base:.2f}x the baseline's {base:.1f} "
+            "(means over the seeds run). Token perplexity does not compare across tokenizers; "
+            "word perplexity and bits per byte do.",
+        ]
     return lines
 
 
@@ -524,10 +662,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per preset")
     parser.add_argument("--presets", nargs="+", default=None, help="throughput presets")
     parser.add_argument("--seed", type=int, default=None, help="override the presets' seed")
+    parser.add_argument("--rows", nargs="+", default=None, help="ladder rows to (re)run")
+    parser.add_argument("--repeats", type=int, default=1, help="seeds for the last row, baseline")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (.md written beside)")
+    # One row in a subprocess of --jobs N:
+    parser.add_argument("--train-row", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--step-s", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--row-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU here.")
+    unknown = set(args.rows or []) - set(ladder_rows())
+    if unknown:
+        parser.error(f"unknown --rows {sorted(unknown)}; the rows are {list(ladder_rows())}.")
     args.out = args.out or ROOT / "benchmarks" / "results" / f"train_{args.device}.json"
     return args
 
@@ -535,13 +684,22 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
-    result = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.train_row:  # a subprocess of run_jobs
+        row = ladder_rows()[args.train_row]
+        r = quality_run(
+            args.train_row, row, device, args.budget_s, validation_stats(), args.seed, args.step_s
+        )
+        args.row_out.write_text(json.dumps(r))
+        return
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.only in (None, "throughput"):
         print("throughput", flush=True)
         result["throughput"] = run_throughput(args, device)
     if args.only in (None, "quality"):
         print(f"quality at a {args.budget_s:.0f} s budget", flush=True)
-        result["quality"] = run_quality(args, device)
+        result["quality"] = run_quality(args, device, result.get("quality", {}))
     result["date"] = today()
     write(result, args.out)
 

@@ -105,7 +105,7 @@ def test_train_force_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_train_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert _train(tmp_path / "a", "--max-steps", "0") == 2
-    assert "max_steps must be an integer >= 1" in capsys.readouterr().err
+    assert "--max-steps must be an integer >= 1" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "b"), "--data", "no-such-corpus"]) == 2
     assert "unknown data 'no-such-corpus'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "c"), "--resume", "--data", "sample"]) == 2

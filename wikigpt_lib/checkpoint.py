@@ -104,6 +104,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0644 under the usual 022);
+    tempfile makes its files 0600 and folders 0700, which a run's files should not be."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode `mkdir` gives a new folder under the current umask (0755 under 022)."""
+    return 0o777 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call write(temporary path) beside `path`, flush the file to disk, then rename it over
     `path`: readers see the old file or the whole new one, never a half-written one."""
@@ -115,7 +132,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary files
+        os.chmod(tmp, file_mode())  # mkstemp makes files private; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -197,6 +214,8 @@ def save_checkpoint(
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, file_mode())
+        os.chmod(tmp, folder_mode())  # mkdtemp makes folders private
         os.rename(tmp, final)
         _fsync_dir(folder)
     except BaseException:

@@ -16,10 +16,13 @@ wikigpt chat --checkpoint runs/chat  talk to a chat-tuned model (notebook 09); /
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +105,10 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         if getattr(args, flag) is not None
     }
     if "lr" in overrides and "min_lr" not in overrides:
-        overrides["min_lr"] = overrides["lr"] / 10  # keep the presets' decay to a tenth
+        from wikigpt_lib.train import train_preset
+
+        preset = train_preset(args.preset)[1]  # keep the preset's floor, as a share of its peak
+        overrides["min_lr"] = overrides["lr"] * preset.min_lr / preset.lr
     if args.compile:
         overrides["compile"] = True
     if args.no_progress:
@@ -112,20 +118,27 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _prepare_out(out: Path, args: argparse.Namespace, is_main: bool) -> None:
-    """Refuse to overwrite a run unless asked; with --force delete only a real run folder."""
+def _prepare_out(out: Path, args: argparse.Namespace, is_main: bool) -> bool:
+    """Refuse to overwrite a run unless asked; with --force delete only a real run folder.
+    Returns whether to resume: --resume on a run that never reached its first checkpoint
+    starts it over (after saying so)."""
     from wikigpt_lib.checkpoint import is_run_dir
 
-    if args.resume:
-        if not is_run_dir(out):
-            raise ValueError(
-                f"--resume: {out} holds no run to continue (no latest.json). Start one with "
-                f"`wikigpt train --preset cpu --out {out}`."
-            )
-        return
-    if not out.exists() or not any(out.iterdir()):
-        return
     looks_like_run = is_run_dir(out) or (out / "metrics.jsonl").is_file()
+    if args.resume:
+        if is_run_dir(out):
+            return True
+        if not looks_like_run:
+            raise ValueError(
+                f"--resume: {out} holds no run to continue. Start one with "
+                f"`wikigpt train --preset {args.preset} --out {out}`."
+            )
+        if is_main:
+            print(f"{out} stopped before its first checkpoint: starting the run over.")
+            shutil.rmtree(out)
+        return False
+    if not out.exists() or not any(out.iterdir()):
+        return False
     if not args.force:
         raise ValueError(
             f"{out} already holds {'a run' if looks_like_run else 'files'}: pass --resume to "
@@ -138,6 +151,10 @@ def _prepare_out(out: Path, args: argparse.Namespace, is_main: bool) -> None:
         )
     if is_main:
         shutil.rmtree(out)
+    return False
+
+
+RUN_FILE = "run.json"  # the command's choices, so a run without a checkpoint can start over
 
 
 def _token_splits(data: str, say=print):
@@ -156,9 +173,11 @@ def _token_splits(data: str, say=print):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
     import torch
 
-    from wikigpt_lib.checkpoint import load_checkpoint
+    from wikigpt_lib.checkpoint import load_checkpoint, write_json_atomic
     from wikigpt_lib.model import GPT
     from wikigpt_lib.train import Trainer, train_preset
 
@@ -167,11 +186,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def say(*parts: object) -> None:
         if is_main:
-            print(*parts)
+            print(*parts, flush=True)
 
-    _prepare_out(out, args, is_main)
     overrides = _train_overrides(args)
-    if args.resume:
+    saved_run = out / RUN_FILE
+    if args.resume and not (out / "latest.json").is_file() and saved_run.is_file():
+        # A run that never reached a checkpoint starts over with the choices it was started with.
+        first = json.loads(saved_run.read_text(encoding="utf-8"))
+        args.preset, args.data = first["preset"], args.data or first.get("data")
+        overrides = {**first.get("overrides", {}), **overrides}
+    model_cfg, train_cfg = train_preset(args.preset, **overrides)  # bad flags: before any data
+    resume = _prepare_out(out, args, is_main)
+    if resume:
         saved = load_checkpoint(out, "latest")
         data = args.data or saved.data or "wikitext-2"
         enc, train_ids, val_ids = _token_splits(data, say)
@@ -180,12 +206,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         data = args.data or "wikitext-2"
         enc, train_ids, val_ids = _token_splits(data, say)
-        model_cfg, train_cfg = train_preset(args.preset, **overrides)
         if model_cfg.vocab_size != enc.n_vocab:
             model_cfg = model_cfg.replace(vocab_size=enc.n_vocab)
         torch.manual_seed(train_cfg.seed)
         model = GPT(model_cfg)
         trainer = Trainer(model, train_ids, val_ids, train_cfg, run_dir=out, data_name=data)
+        if is_main:
+            first = {"preset": args.preset, "overrides": overrides, "data": data}
+            write_json_atomic(saved_run, first)
     c, m = trainer.config, trainer.model
     say(
         f"model: {m.num_params():,} parameters ({m.config.n_layer} layers, width "
@@ -195,17 +223,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     with trainer:  # leaves the process group of a torchrun run, also after an error
         result = trainer.fit()
+    # The shell's convention: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    code = 0
+    if result.stopped == "interrupted":
+        code = 128 + (result.signal or signal.SIGINT)
     if not trainer.is_main:
-        return 130 if result.stopped == "interrupted" else 0
+        return code
     print(f"stopped: {result.stopped} at step {result.steps} ({result.tokens_seen:,} tokens)")
     if result.best_val_loss is not None:
         ppl = 2.718281828459045**result.best_val_loss
         print(f"best validation loss {result.best_val_loss:.4f} (token perplexity {ppl:.1f})")
-    print(f"checkpoints: {out} (best.json, latest.json); metrics: {out / 'metrics.jsonl'}")
+    pointers = [name for name in ("best.json", "latest.json") if (out / name).is_file()]
+    if pointers:
+        print(f"checkpoints: {out} ({', '.join(pointers)}); metrics: {out / 'metrics.jsonl'}")
+    else:
+        print(f"no checkpoint was written; metrics: {out / 'metrics.jsonl'}")
     if result.stopped == "interrupted":
         print(f"continue with: wikigpt train --resume --out {out}")
-        return 130
-    return 0
+    return code
 
 
 def _load_for_inference(path: str, device: str | None):
@@ -222,6 +257,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from wikigpt_lib.generate import TextStreamer, stream
 
+    if not args.prompt.strip():
+        raise ValueError('--prompt is empty: give the text to continue, e.g. --prompt "The river".')
     model, enc, _ = _load_for_inference(args.checkpoint, args.device)
     # WikiText rows start with a space (" The river ..."): give the prompt one too, so its
     # first word is the token the model saw at the start of lines.
@@ -273,6 +310,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         stride=args.stride,
         batch_size=args.batch_size,
+        progress=True,
     )
     print(
         f"{data} ({wikitext2_source(ds)}) {split}: {r['n_tokens'] + 1:,} tokens, "
@@ -418,15 +456,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SafeStream:
+    """stdout or stderr that survives its reader going away.
+
+    `wikigpt train ... | tee log` with Ctrl-C stops `tee` too; every later write (the progress
+    bar, the message that a checkpoint was saved) then fails with a broken pipe, and a
+    closed terminal (SIGHUP) fails with EIO. Such a failure would abort the run before its
+    checkpoint is saved. From the first failure on, output goes nowhere instead.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except OSError:  # EPIPE, EIO: nobody is reading any more
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._break()
+
+    def _break(self) -> None:
+        self._broken = True
+        # Point the file descriptor at /dev/null too, so the interpreter's own flush at exit
+        # does not fail again ("Exception ignored ... BrokenPipeError", exit status 120).
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def isatty(self) -> bool:
+        return not self._broken and self._stream.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # The library's warnings say what to do; the source line Python adds would only confuse.
+    print(f"wikigpt: warning: {message}", file=sys.stderr)
+
+
+def _protect_streams() -> None:
+    if not isinstance(sys.stdout, _SafeStream):
+        sys.stdout = _SafeStream(sys.stdout)
+    if not isinstance(sys.stderr, _SafeStream):
+        sys.stderr = _SafeStream(sys.stderr)
+
+
+def _cli_terms(err: BaseException) -> str:
+    """A library error in the command line's terms: flags instead of Python names."""
+    from wikigpt_lib.data import WikiTextNotFoundError
+
+    if isinstance(err, WikiTextNotFoundError):
+        return (
+            "WikiText-2 could not be found (no local copy, and the Hugging Face hub could not "
+            "be reached). Download wikitext-2-v1.zip elsewhere, unpack it and set "
+            "WIKIGPT_DATA_DIR=/path/to/wikitext-2 (the folder with wiki.train.tokens), or pass "
+            "--data /path/to/wikitext-2; or use the built-in sample corpus with --data sample."
+        )
+    text = str(err)
+    for flag, field in _TRAIN_FLAGS.items():
+        text = text.replace(f"TrainConfig.{field}", f"--{flag.replace('_', '-')}")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wikigpt` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    _protect_streams()
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Library errors already say what is wrong and how to fix it: show them without a traceback.
-        print(f"wikigpt {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _run(build_parser().parse_args(argv))
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            # Library errors say what is wrong and how to fix it: no traceback.
+            print(f"wikigpt {args.command}: error: {_cli_terms(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
+            print(f"wikigpt {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -73,12 +73,20 @@ def _as_ids(ids: Any) -> torch.Tensor:
 
 
 def _sum_nll(
-    model: nn.Module, ids: torch.Tensor, windows: list[tuple[int, int]], T: int, batch_size: int
+    model: nn.Module,
+    ids: torch.Tensor,
+    windows: list[tuple[int, int]],
+    T: int,
+    batch_size: int,
+    progress: bool = False,
 ) -> float:
     """Total loss in nats of the tokens that `windows` score (float64 sum)."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     total = 0.0
-    for first in range(0, len(windows), batch_size):
+    firsts = range(0, len(windows), batch_size)
+    for first in tqdm(firsts, disable=not progress, unit="batch", desc="evaluating"):
         batch = windows[first : first + batch_size]
         starts = torch.tensor([s for s, _ in batch])  # (B,)
         offsets = starts[:, None] + torch.arange(T + 1)  # (B, T+1)
@@ -104,6 +112,7 @@ def evaluate_perplexity(
     batch_size: int = 16,
     n_words: int | None = None,
     n_bytes: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a token sequence `ids` (1-D: numpy array, list or tensor) with `model`.
 
@@ -116,6 +125,7 @@ def evaluate_perplexity(
         floats (16 x 128 x 8,192: 67 MB; for GPT-2, 16 x 1024 x 50,257: 3.3 GB, so use ~2).
     n_words, n_bytes: the size of the text in words (`wikigpt_lib.data.count_words`) and in
         UTF-8 bytes, for word-level perplexity and bits per byte (None if not given).
+    progress: show a progress bar over the batches (tqdm).
 
     Token 0 has no context, so it is not scored: the loss covers tokens 1 ... N-1
     (`n_tokens` = N-1). Word perplexity and bits per byte divide the total loss of those
@@ -144,7 +154,7 @@ def evaluate_perplexity(
     was_training = model.training
     model.eval()
     try:
-        total = _sum_nll(model, ids, windows, T, batch_size)
+        total = _sum_nll(model, ids, windows, T, batch_size, progress)
     finally:
         model.train(was_training)
     n_tokens = len(ids) - 1
@@ -172,6 +182,7 @@ def evaluate_split(
     stride: int | None = None,
     batch_size: int = 16,
     use_cache: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """`evaluate_perplexity` on rows of text (a list of str, or a Dataset with a `text`
     column, e.g. `load_wikitext2()["test"]`), tokenized with `tokenizer` as in training
@@ -188,4 +199,5 @@ def evaluate_split(
         batch_size=batch_size,
         n_words=count_words(rows),
         n_bytes=sum(len(row.encode("utf-8")) for row in rows),
+        progress=progress,
     )

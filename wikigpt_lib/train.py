@@ -266,6 +266,7 @@ class TrainResult:
     best_val_loss: float | None
     history: list[dict[str, Any]]
     stopped: str  # "max_steps", "early_stop" or "interrupted"
+    signal: int | None = None  # the signal that interrupted the run (None: Ctrl-C in code)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -310,29 +311,42 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+# Ctrl-C; `kill`, `timeout`, Colab, Slurm and Kubernetes (before SIGKILL); a closed terminal.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 class _StopRequest:
-    """Turns the first Ctrl-C into a request that the loop honours between steps (so a step is
-    never half done when the checkpoint is written); a second Ctrl-C interrupts at once."""
+    """Turns the first SIGINT, SIGTERM or SIGHUP into a request that the loop honours between
+    steps (so a step is never half done when the checkpoint is written); a second one
+    interrupts at once. `signum` is the first signal received (None: none)."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> _StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: keep the default behaviour
-            self._previous = None
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: keep the default behaviour
+                break
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 class Trainer:
@@ -692,7 +706,18 @@ class Trainer:
         patience = self.config.patience
         return patience is not None and self.evals_without_improvement >= patience
 
-    def _save_after_interrupt(self) -> None:
+    def _log_line(self, train_loss: float, val_loss: float | None) -> None:
+        """Without a progress bar, one line per evaluation, so a log file shows the run going."""
+        if self.config.progress or not self.is_main:
+            return
+        val = "" if val_loss is None else f" | val loss {val_loss:.4f}"
+        print(
+            f"step {self.step}/{self.config.max_steps} | train loss {train_loss:.4f}{val} | "
+            f"lr {lr_at(self.step - 1, self.config):.2e} | {self.elapsed_s:.0f} s",
+            flush=True,
+        )
+
+    def _save_after_interrupt(self, signum: int | None = None) -> None:
         if self._phase == "gradients":  # half-way through a step: undo its side effects
             self.optimizer.zero_grad(set_to_none=True)
             self.generator.set_state(self._rewind[0])
@@ -707,7 +732,8 @@ class Trainer:
             return
         saved = self.save_checkpoint()
         if saved is not None:
-            print(f"\nInterrupted at step {self.step}: checkpoint saved to {saved}.")
+            what = signal.Signals(signum).name if signum else "Interrupted"
+            print(f"\n{what} at step {self.step}: checkpoint saved to {saved}.", flush=True)
 
     def fit(self) -> TrainResult:
         """Train until max_steps, early stopping, or Ctrl-C (which saves a checkpoint first).
@@ -717,7 +743,7 @@ class Trainer:
         """
         c = self.config
         self._open_outputs()
-        stopped = "max_steps"
+        stopped, signum = "max_steps", None
         bar = self._progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -745,17 +771,20 @@ class Trainer:
                     if self.val_data is not None and (
                         self.step % c.eval_interval == 0 or self.step == c.max_steps
                     ):
-                        if self._after_eval(self.evaluate()):
+                        val_loss = self.evaluate()
+                        self._log_line(loss, val_loss)
+                        if self._after_eval(val_loss):
                             stopped = "early_stop"
                             break
                         window_start = time.perf_counter()  # keep eval out of tokens/s
                     elif self.val_data is None and self.step % c.eval_interval == 0:
+                        self._log_line(loss, None)
                         self.save_checkpoint()
                     if stop.requested:
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
-            stopped = "interrupted"
-            self._save_after_interrupt()
+            stopped, signum = "interrupted", stop.signum
+            self._save_after_interrupt(signum)
         finally:
             bar.close()
             if self._writer is not None:
@@ -770,6 +799,7 @@ class Trainer:
             best_val_loss=self.best_val_loss,
             history=list(self.history),
             stopped=stopped,
+            signal=signum,
         )
 
     def close(self, wait: bool = True) -> None:
