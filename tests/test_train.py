@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 
 import matplotlib
@@ -481,3 +482,40 @@ def test_run_folder_keeps_only_latest_and_best(tmp_path, val_tokens):
     best_state = load_checkpoint(run, "best").state
     assert best_state["best_val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     assert load_checkpoint(run, "latest").state["best_val_loss"] == best_state["best_val_loss"]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPU cores to compare 2 threads with 1")
+def test_resume_with_another_thread_count_stays_bit_exact(tmp_path):
+    """The cause of a resumed run that differed in the 7th digit: CPU kernels split their sums
+    across threads, so a process with another thread count rounds differently. The Trainer
+    records the count and resumes with it."""
+    model_cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    data = np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16)
+    cfg = tcfg(max_steps=6, batch_size=16, eval_interval=100, lr=1e-3, min_lr=1e-4)
+    before, threads = torch.get_num_threads(), 2
+
+    def run(n_threads: int, **kwargs) -> Trainer:
+        torch.set_num_threads(n_threads)
+        torch.manual_seed(0)
+        trainer = Trainer(GPT(model_cfg), data, None, cfg, **kwargs)
+        trainer.fit()
+        return trainer
+
+    try:
+        whole = run(threads)
+        other = run(1)
+        # The cause, reproduced: the same run on one thread ends with other weights.
+        assert any(
+            not torch.equal(a, b)
+            for a, b in zip(whole.model.parameters(), other.model.parameters(), strict=True)
+        )
+        run(threads, run_dir=tmp_path / "r", callbacks=[interrupt_at(3)])
+        torch.set_num_threads(1)  # a new process, on a machine that gives it one thread
+        with pytest.warns(UserWarning, match=f"trained with {threads} CPU threads"):
+            resumed = Trainer.resume(tmp_path / "r", data, None)
+        assert torch.get_num_threads() == threads
+        resumed.fit()
+        for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -572,6 +573,7 @@ class Trainer:
             "evals_without_improvement": self.evals_without_improvement,
             "elapsed_s": round(self.elapsed_s, 3),
             "world_size": self.world_size,
+            "cpu_threads": torch.get_num_threads(),
         }
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -609,6 +611,17 @@ class Trainer:
                 f"this run was trained with {saved_world} process(es) and is resumed with "
                 f"{self.world_size}: the batches would differ. Resume with the same number."
             )
+        threads = state.get("cpu_threads")
+        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            # CPU kernels split their sums across threads, so another thread count rounds
+            # differently (about 1e-9 after a few steps, growing): train on as many as before.
+            warnings.warn(
+                f"this run was trained with {threads} CPU threads and this process has "
+                f"{torch.get_num_threads()}: using {threads}, so that the resumed run is "
+                "bit for bit the run that was interrupted.",
+                stacklevel=2,
+            )
+            torch.set_num_threads(threads)
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.best_val_loss = state.get("best_val_loss")
