@@ -484,7 +484,9 @@ def test_run_folder_keeps_only_latest_and_best(tmp_path, val_tokens):
     assert load_checkpoint(run, "latest").state["best_val_loss"] == best_state["best_val_loss"]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPU cores to compare 2 threads with 1")
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="needs 2 CPU cores to compare 2 threads with 1"
+)
 def test_resume_with_another_thread_count_stays_bit_exact(tmp_path):
     """The cause of a resumed run that differed in the 7th digit: CPU kernels split their sums
     across threads, so a process with another thread count rounds differently. The Trainer
