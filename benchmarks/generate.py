@@ -3,7 +3,7 @@
     python benchmarks/generate.py              # writes benchmarks/results/generate_cpu.{json,md}
     python benchmarks/generate.py --quick      # a smoke run, 16 and 40 tokens, nothing written
 
-Model: the course's CPU shape, `GPTConfig.preset("cpu")` (4 layers, 4 heads, width 256,
+Model: the course's CPU shape, `GPTConfig.preset("cpu")` (4 layers, 2 heads, width 128,
 8,192 tokens, context 128), randomly initialised: speed does not depend on the weights.
 Greedy decoding from an 8-token prompt, batch 1, in two cases:
 
@@ -15,7 +15,7 @@ Greedy decoding from an 8-token prompt, batch 1, in two cases:
   prefill every 64 tokens.
 
 Hugging Face: `GPT2LMHeadModel.generate` (greedy, with its cache) on a random GPT-2 of the
-same shape, GPT2Config(n_layer=4, n_head=4, n_embd=256, vocab_size=8192). GPT-2 has no
+same shape (GPT2Config with the preset's n_layer, n_head, n_embd and vocab_size). GPT-2 has no
 sliding window, so for 512 tokens it gets n_positions=1024 and its cache grows to 520
 positions. (GPT-2 also has biases, which the course model leaves out: a small difference.)
 
@@ -91,7 +91,13 @@ def ours(model: GPT, idx: torch.Tensor, new: int, use_cache: bool, repeats: int)
 def huggingface(idx: torch.Tensor, new: int, n_positions: int, repeats: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    shape = {"n_layer": 4, "n_head": 4, "n_embd": 256, "vocab_size": 8192}
+    c = GPTConfig.preset("cpu")
+    shape = {
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_embd": c.n_embd,
+        "vocab_size": c.vocab_size,
+    }
     tokens = {"bos_token_id": 0, "eos_token_id": None, "pad_token_id": 0}  # never stop early
     config = GPT2Config(n_positions=n_positions, **shape, **tokens)
     torch.manual_seed(0)
@@ -145,8 +151,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{report['load_after']} (the machine is shared; times are the best of "
         f"{report['repeats']} runs).",
         "",
-        'Model: `GPTConfig.preset("cpu")` (4 layers, 4 heads, width 256, 8,192 tokens, '
-        "context 128), random weights; greedy decoding, batch 1, 8-token prompt.",
+        f'Model: `GPTConfig.preset("cpu")` ({describe(report["model"])}), random weights; '
+        "greedy decoding, batch 1, 8-token prompt.",
         "",
         "| threads | new tokens | ours, KV cache | ours, no cache | cache speed-up | "
         "HF GPT-2, cache | ours / HF | load after |",
@@ -175,7 +181,7 @@ give the same tokens past the context: the uncached one is an exact sliding wind
 cached one conditions on the last 64 to 128 tokens (see `generate`'s docstring).
 
 Why the speed-up is smaller with 2 threads: a cached step multiplies one token's vector by
-every weight matrix (about 20 MB of weights per token, 8 MB of it the output layer), so it
+every weight matrix (every weight is read for two FLOPs, the output layer the largest), so it
 is dominated by fixed per-step costs, reading every weight for little arithmetic and
 PyTorch's overhead for each small operation, and a second thread barely helps; the uncached
 path does enough arithmetic per step to gain from the second core. On this shared
@@ -187,6 +193,13 @@ Hugging Face's GPT-2 has no sliding window, so for 512 tokens it gets 1,024 posi
 its cache grows to 520 entries. Its cached step does the same matrix-vector products plus
 its own per-step machinery (logits processors, stopping criteria, cache objects), and GPT-2
 has biases, so it is somewhat slower at this small size."""
+
+
+def describe(model: dict) -> str:
+    return (
+        f"{model['n_layer']} layers, {model['n_head']} heads, width {model['n_embd']}, "
+        f"{model['vocab_size']:,} tokens, context {model['block_size']}"
+    )
 
 
 def summary(cases: list[dict], target: float = 5.0) -> str:

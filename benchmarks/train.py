@@ -1,33 +1,37 @@
-"""Benchmark the training loop: step throughput and MFU, and quality at a fixed time budget.
+"""Benchmark the training loop: step throughput and MFU, and the ladder at a fixed time budget.
 
     export WIKIGPT_DATA_DIR=../shared/data/wikitext-2
     export TIKTOKEN_CACHE_DIR=../shared/data/tiktoken-cache
-    python benchmarks/train.py              # both parts, ~25 min on 2 cores: train_cpu.json + .md
+    python benchmarks/train.py --only throughput           # tokens/s and MFU of the CPU presets
+    python benchmarks/train.py --only quality --jobs 2 --repeats 2   # the ladder (~2 h on 2 cores)
+    python benchmarks/train.py --only quality --rows "+ Muon" --jobs 2   # (re)run some rows
     python benchmarks/train.py --only throughput --device cuda   # GPU presets: train_cuda.json
     python benchmarks/train.py --budget-s 20 --out /tmp/train.json   # a quick smoke test
 
 Measures
-1. throughput: `Trainer.train_step` (forward, backward, gradient clipping, AdamW step, as the
-   library trains) on WikiText-2 train, for the training presets (`cpu-quick`, `cpu`; the GPU
-   presets with --device cuda), in tokens/s, and MFU = tokens/s x `estimate_flops_per_token()`
-   / peak. The CPU peak is the best square-matmul rate measured in this run (benchmarks/model.py's
-   method); a GPU's peak is its datasheet dense bf16/fp16 rate (PEAK_FLOPS) or, for a GPU not
-   in that table, the measured rate.
-2. quality at a fixed budget: the course's `cpu` preset against what a user might pick
-   instead, the same library with GPT-2's tokenizer and nanoGPT-style CPU defaults (the small
-   model that nanoGPT's README suggests for a CPU run, NANOGPT_README). Each trains for
-   --budget-s seconds of wall clock: ~10 timed steps (after 2 warm-up steps) give the step
-   time, max_steps = floor(budget / step time x 0.97) so the cosine schedule ends at the
-   budget, then a fresh, identically seeded model trains with `Trainer.fit` to max_steps
-   (no validation data, so nothing is evaluated inside the budget).
-   Both are then evaluated on the whole wikitext-2-v1 validation split with non-overlapping
-   windows of their block size: loss (nats/token), token perplexity, word-level perplexity
-   (normalised by `count_words`) and bits per byte. Only the last two compare across
-   tokenizers; the `winner` field is computed from them.
+1. throughput: `Trainer.train_step` (forward, backward, gradient clipping, optimizer step, as
+   the library trains) on WikiText-2 train, for the training presets (`cpu-quick`, `cpu`; the
+   GPU presets with --device cuda), as they ship and with torch.compile, in tokens/s, and
+   MFU = tokens/s x `estimate_flops_per_token()` / peak. The CPU peak is the best
+   square-matmul rate measured in this run (benchmarks/model.py's method); a GPU's peak is
+   its datasheet dense bf16/fp16 rate (PEAK_FLOPS) or, for a GPU not in that table, the
+   measured rate. (Muon's Newton-Schulz matmuls are not in the model's FLOPs: they lower MFU.)
+2. the ladder (`LADDER`): the old `cpu` preset, then one change at a time added on top of the
+   rows above (schedule, shape and epochs, Muon, width), each trained for --budget-s seconds
+   of this machine, beside a baseline that a user might pick instead: the same library with
+   GPT-2's tokenizer and the small model nanoGPT's README suggests for a CPU
+   (NANOGPT_README). The step time of every row is measured first (all threads, one row at a
+   time), which fixes max_steps = floor(budget / step time x SAFETY); then each row trains
+   from a fresh seeded model with `Trainer.fit` and no validation data, and is evaluated on
+   the whole wikitext-2-v1 validation split with non-overlapping windows of its block size:
+   loss (nats/token), word-level perplexity (normalised by `count_words`) and bits per byte.
+   Only the last two compare across tokenizers. --repeats N trains the last row and the
+   baseline with N seeds, to show the spread.
 
 Other processes may share the CPU: the load average is recorded before and after each part.
 Seeds are fixed (TrainConfig.seed), so two runs see the same batches and initial weights.
---only writes one part and keeps the other part of an existing --out file.
+--only writes one part and keeps the other part of an existing --out file; a quality run
+keeps the rows of an earlier run at the same budget that it does not run again.
 """
 
 from __future__ import annotations
@@ -152,7 +156,12 @@ LADDER = ladder(
             {},
             {"optimizer": "muon", "muon_lr": 0.02},
         ),
-        ("d128 (explore)", "width 128, 2 heads: more epochs", {"n_embd": 128, "n_head": 2}, {}),
+        (
+            "+ width 128",
+            "width 128, 2 heads: 1.4x the tokens/s again, 1.7 epochs (the cpu preset)",
+            {"n_embd": 128, "n_head": 2},
+            {},
+        ),
     ]
 )
 BASELINE = LadderRow(
@@ -498,9 +507,9 @@ def run_quality(args: argparse.Namespace, device: torch.device, previous: dict) 
     log = {"load_avg_start": load_avg()}
     stats = validation_stats()
     names = args.rows or [row.name for row in LADDER] + [NANOGPT]
-    seeds = [OLD_CPU_TRAIN["seed"] + i for i in range(args.repeats)]
+    seeds = args.seeds or [OLD_CPU_TRAIN["seed"] + i for i in range(args.repeats)]
     repeated = {LADDER[-1].name, NANOGPT}
-    jobs = [(n, s) for n in names for s in (seeds if n in repeated else seeds[:1])]
+    jobs = [(n, s) for n in names for s in (seeds if n in repeated or args.seeds else seeds[:1])]
     print("step times (all threads, one row at a time)", flush=True)
     step_s = measure_rows(names, device)
     runs = dict(previous.get("runs", {})) if previous.get("budget_s") == args.budget_s else {}
@@ -664,6 +673,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="override the presets' seed")
     parser.add_argument("--rows", nargs="+", default=None, help="ladder rows to (re)run")
     parser.add_argument("--repeats", type=int, default=1, help="seeds for the last row, baseline")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run --rows with these")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (.md written beside)")
     # One row in a subprocess of --jobs N:

@@ -386,4 +386,4 @@ def test_cli_generate_errors(tmp_path, run_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("wikigpt generate: error: top_p must be in (0, 1]")
     code = main(["generate", "--checkpoint", str(run_dir), "--prompt", ""])
-    assert code == 2 and "the prompt is empty" in capsys.readouterr().err
+    assert code == 2 and "--prompt is empty" in capsys.readouterr().err

@@ -95,6 +95,10 @@ _TRAIN_FLAGS = {
     "seed": "seed",
     "device": "device",
     "precision": "precision",
+    "optimizer": "optimizer",
+    "muon_lr": "muon_lr",
+    "schedule": "schedule",
+    "sampling": "sampling",
 }
 
 
@@ -369,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder with the wiki.*.tokens files")
     p.set_defaults(func=_cmd_bpe)
 
-    from wikigpt_lib.train import PRECISIONS, TRAIN_PRESETS
+    from wikigpt_lib.optim import OPTIMIZERS, SCHEDULES
+    from wikigpt_lib.train import PRECISIONS, SAMPLINGS, TRAIN_PRESETS
 
     p = sub.add_parser(
         "train",
@@ -396,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", type=kind, default=None)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help="muon (the presets): Muon for the blocks' matrices, AdamW for the rest",
+    )
+    p.add_argument("--muon-lr", type=float, default=None, help="peak learning rate of Muon")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="decay after warmup")
+    p.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=None,
+        help="epoch (the presets): each window once per epoch; random: any start",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
