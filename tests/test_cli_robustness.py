@@ -95,7 +95,7 @@ def test_signal_saves_a_checkpoint_and_exits_with_its_code(tmp_path, sig):
     assert_resumes(run, saved + 3)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_signal_with_a_closed_pipe(tmp_path, sig):
     """`wikigpt train ... | tee log`, then Ctrl-C: tee dies first, and every later write of
     the run goes to a closed pipe. The checkpoint must still be written."""
