@@ -52,6 +52,7 @@ from wikigpt_lib.data import detokenize as detokenize_text
 from wikigpt_lib.data import split_articles
 from wikigpt_lib.generate import TextStreamer, stream
 from wikigpt_lib.model import GPT, IGNORE_INDEX
+from wikigpt_lib.optim import set_lr
 from wikigpt_lib.tokenizer import CHAT_SUFFIX, EOT, get_tokenizer
 from wikigpt_lib.train import (
     TrainConfig,
@@ -573,8 +574,7 @@ def finetune_chat(
 
     start = time.perf_counter()
     for step in range(config.max_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+        set_lr(optimizer, lr_at(step, config))  # each group at its own scale (Muon's is larger)
         x, y = next(batches)
         with precision.autocast():
             _, loss = model(x.to(device), y.to(device))
