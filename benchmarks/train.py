@@ -632,7 +632,9 @@ def quality_md(part: dict) -> list[str]:
     if repeated:
         lines += [
             "",
-            "Repeats (seeds change the initial weights and the batches): mean (min-max).",
+            "Repeats: mean (min-max). Seeds change the initial weights and the batches, and each "
+            "invocation measures its own step times, so the steps a budget buys vary too (see "
+            "`steps` per run in the JSON file).",
             "",
             "| row | seeds | word ppl | bits/byte |",
             "| --- | --- | ---: | ---: |",
