@@ -57,14 +57,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.model import Bench, load_avg, machine  # noqa: E402
 from wikigpt_lib.data import count_words, load_wikitext2, tokenize_split  # noqa: E402
 from wikigpt_lib.device import Precision, seed_everything  # noqa: E402
+from wikigpt_lib.metrics import evaluate_loss  # noqa: E402
 from wikigpt_lib.model import GPT, GPTConfig  # noqa: E402
 from wikigpt_lib.tokenizer import get_tokenizer  # noqa: E402
-from wikigpt_lib.train import (  # noqa: E402
-    TrainConfig,
-    Trainer,
-    evaluate_loss,
-    train_preset,
-)
+from wikigpt_lib.train import TrainConfig, Trainer, train_preset  # noqa: E402
 
 CPU_PRESETS = ("cpu-quick", "cpu")
 GPU_PRESETS = ("t4", "a100", "h100")

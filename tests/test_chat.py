@@ -9,38 +9,42 @@ import pytest
 import torch
 
 from wikigpt_lib.chat import (
+    ChatDataError,
+    chat,
+    chat_loss,
+    chat_stream,
+    chat_token_ids,
+    encode_chat,
+    finetune_chat,
+    load_chat_model,
+    resize_token_embeddings,
+    save_chat_model,
+    trim_messages,
+)
+from wikigpt_lib.chat_data import (
+    ChatExample,
+    encode_examples,
+    load_jsonl_examples,
+    pack_pairs,
+    pad_batch,
+    sft_pair,
+    split_sentences,
+    wikitext_sft_examples,
+)
+from wikigpt_lib.chat_template import (
     ASSISTANT,
     CHAT_TOKENS,
     END,
     USER,
-    ChatDataError,
-    ChatExample,
-    chat,
-    chat_loss,
-    chat_repl,
-    chat_stream,
-    chat_token_ids,
-    encode_chat,
-    encode_examples,
-    finetune_chat,
     get_chat_tokenizer,
-    load_chat_model,
-    load_jsonl_examples,
-    pack_pairs,
-    pad_batch,
     parse_chat,
     render_chat,
-    resize_token_embeddings,
-    save_chat_model,
-    sft_pair,
-    split_sentences,
-    to_wikitext,
-    trim_messages,
-    wikitext_sft_examples,
 )
 from wikigpt_lib.cli import main
+from wikigpt_lib.cli_chat import chat_repl
 from wikigpt_lib.data import detokenize
 from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
+from wikigpt_lib.text import to_wikitext
 from wikigpt_lib.tokenizer import EOT, get_tokenizer
 
 TOK = get_chat_tokenizer()
@@ -203,13 +207,41 @@ def test_pack_pairs_keeps_every_target_and_fills_rows():
 
 
 def test_packed_batches_from_a_few_pairs_do_not_stall():
-    from wikigpt_lib.chat import sft_batches
+    from wikigpt_lib.chat_data import sft_batches
 
+    # 3 short pairs pack into one row per epoch: a batch of 8 rows spans 8 epochs.
     pairs = [sft_pair(encode_chat([user("a"), assistant("b")], TOK)) for _ in range(3)]
     batches = sft_batches(pairs, 8, PAD, pack_to=64, seed=0)
     for _ in range(3):
         x, y = next(batches)
-        assert x.shape == (1, 64) and int((y != IGNORE_INDEX).sum()) == 3 * 2
+        assert x.shape == (8, 64) and int((y != IGNORE_INDEX).sum()) == 8 * 3 * 2
+
+
+def test_conversation_batches_depend_on_the_step_alone():
+    """Each epoch visits every pair once; a step's batches are the same however they are
+    reached (resume), and N processes with batch B split what one process with N*B sees."""
+    from types import SimpleNamespace
+
+    from wikigpt_lib.chat_data import ConversationBatches
+
+    pairs = [sft_pair(encode_chat([user("q" * (i % 5 + 1)), assistant(str(i))], TOK))
+             for i in range(10)]  # fmt: skip
+    for pack_to in (None, 32):
+        src = ConversationBatches(pairs, PAD, pack_to=pack_to, seed=3)
+        one = SimpleNamespace(grad_accum_steps=1, batch_size=4)
+        later = src.step_batches(7, one, 0, 1, None)[0]
+        fresh = ConversationBatches(pairs, PAD, pack_to=pack_to, seed=3)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(later, fresh.step_batches(7, one, 0, 1, None)[0], strict=True)
+        )
+        halves = [fresh.step_batches(7, SimpleNamespace(grad_accum_steps=1, batch_size=2), r, 2, None)[0]
+                  for r in (0, 1)]  # fmt: skip
+        if pack_to is not None:  # packed rows all have the same length
+            assert torch.equal(torch.cat([h[0] for h in halves]), later[0])
+    padded = ConversationBatches(pairs, PAD, seed=3)
+    epoch = [padded._order(0)[k] for k in range(10)]
+    assert sorted(epoch) == list(range(10))  # every pair once per epoch
 
 
 def test_masked_loss_is_the_mean_over_assistant_tokens_only():

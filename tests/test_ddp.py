@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 
 from wikigpt_lib.checkpoint import load_checkpoint
+from wikigpt_lib.metrics import read_metrics
 from wikigpt_lib.model import GPT, GPTConfig
-from wikigpt_lib.train import TrainConfig, Trainer, read_metrics
+from wikigpt_lib.train import TrainConfig, Trainer
 
 V, T, B = 64, 16, 2
 SMALL = GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, bias=True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wikigpt_lib import hub, pretrained
+from wikigpt_lib import export, hub, pretrained
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.pretrained import PretrainedUnavailableError, pretrained_tokenizer
 from wikigpt_lib.tokenizer import get_tokenizer
@@ -215,7 +215,7 @@ def test_save_pretrained_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="more than this model's vocab_size 300"):
         _ours(True).save_pretrained(tmp_path, tokenizer="gpt2")
     with pytest.raises(TypeError, match="exports a wikigpt GPT"):
-        pretrained.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
+        export.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
     with pytest.raises(ValueError, match="does not say which tokenizer"):
         pretrained_tokenizer(_ours(True).save_pretrained(tmp_path / "x", tokenizer=None))
 

@@ -22,21 +22,19 @@ import pytest
 import torch
 
 from wikigpt_lib.checkpoint import load_checkpoint
+from wikigpt_lib.config import TRAIN_PRESETS
 from wikigpt_lib.data import iter_eval_batches, tokenize_split
+from wikigpt_lib.metrics import evaluate_loss, plot_losses, read_metrics
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.sample_corpus import sample_wikitext
 from wikigpt_lib.tokenizer import get_tokenizer
 from wikigpt_lib.train import (
-    TRAIN_PRESETS,
     TrainConfig,
     Trainer,
     TrainingDivergedError,
     TrainResult,
     configure_optimizer,
-    evaluate_loss,
     lr_at,
-    plot_losses,
-    read_metrics,
     train_model,
     train_preset,
 )

@@ -108,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         if n_embd % n_head != 0:
             raise ValueError(
                 f"n_embd={n_embd} is not divisible by n_head={n_head}: every head gets "
-                f"n_embd / n_head channels. Pick e.g. n_head={_nearest_divisor(n_embd, n_head)}."
+                f"n_embd / n_head channels. Pick e.g. n_head={nearest_divisor(n_embd, n_head)}."
             )
         self.n_embd, self.n_head, self.dropout = n_embd, n_head, dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
@@ -201,6 +201,6 @@ class KVCache:
         self.length = 0
 
 
-def _nearest_divisor(n: int, near: int) -> int:
+def nearest_divisor(n: int, near: int) -> int:
     """The divisor of n closest to `near` (used to suggest a valid head count)."""
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), -d))

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from wikigpt_lib.lora import lora_settings, restore_lora
+from wikigpt_lib.base import (
+    file_mode,
+    folder_mode,
+    fsync_dir,
+    unwrap_model,
+    write_json_atomic,
+)
 from wikigpt_lib.model import GPT, GPTConfig
 
 FORMAT = "wikigpt-checkpoint"
@@ -51,6 +57,34 @@ class CheckpointError(ValueError):
     """A path that is not a usable checkpoint; the message says what is wrong and what to do."""
 
 
+# Later chapters add layers to a GPT that a checkpoint must rebuild (LoRA adapters, chapter
+# 08). They register here, so this module needs to know nothing of them:
+#   key -> (describe(model) -> JSON-ready settings or None, restore(model, settings) -> model)
+Describe = Callable[[torch.nn.Module], Any]
+Restore = Callable[[torch.nn.Module, Any], torch.nn.Module]
+_EXTENSIONS: dict[str, tuple[Describe, Restore]] = {}
+_CONFIG_KEYS = ("format", "version", "model", "train", "tokenizer", "data")
+
+
+def register_extension(key: str, describe: Describe, restore: Restore) -> None:
+    """Let checkpoints save and rebuild an addition to the model: `describe(model)` returns
+    its settings (stored in config.json under `key`) or None when the model has none;
+    `restore(model, settings)` adds it to a freshly built GPT before the weights load."""
+    if key in _CONFIG_KEYS:
+        raise ValueError(f"{key!r} is a checkpoint config key of its own; choose another name.")
+    _EXTENSIONS[key] = (describe, restore)
+
+
+def _restore_extensions(model: torch.nn.Module, settings: dict[str, Any], source: Path) -> None:
+    for key, value in settings.items():
+        if key not in _EXTENSIONS:
+            raise CheckpointError(
+                f"{source} holds a model extended with {key!r}, which no loaded module "
+                "provides: import wikigpt_lib (the package registers every extension)."
+            )
+        _EXTENSIONS[key][1](model, value)
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint. `model_state` holds the weights (tied ones included once)."""
@@ -62,16 +96,21 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     tokenizer: str
     data: str
-    lora: dict[str, dict[str, Any]] | None = None  # LoRA adapters (see lora.lora_settings)
+    extensions: dict[str, Any] = field(default_factory=dict)  # e.g. {"lora": settings}
+
+    @property
+    def lora(self) -> dict[str, dict[str, Any]] | None:
+        """The LoRA adapters' settings, if the model was saved with some (see lora.py)."""
+        return self.extensions.get("lora")
 
     def build_model(self) -> GPT:
-        """The GPT these weights belong to (with its LoRA adapters, if it was saved with
-        some), weights loaded, on the device the weights were loaded to, in eval mode."""
+        """The GPT these weights belong to (with its LoRA adapters or other registered
+        extensions, if it was saved with some), weights loaded, on the device the weights
+        were loaded to, in eval mode."""
         device = next(iter(self.model_state.values())).device
         with device:  # created on the weights' device: no copy to and from the CPU
             model = GPT(self.model_config)
-        if self.lora:
-            restore_lora(model, self.lora)
+        _restore_extensions(model, self.extensions, self.path)
         load_weights_into(model, self.model_state, str(self.path))
         return model.eval()
 
@@ -93,66 +132,6 @@ class Checkpoint:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode `open()` gives a new file under the current umask (0644 under the usual 022);
-    tempfile makes its files 0600 and folders 0700, which a run's files should not be."""
-    return 0o666 & ~_umask()
-
-
-def folder_mode() -> int:
-    """The mode `mkdir` gives a new folder under the current umask (0755 under 022)."""
-    return 0o777 & ~_umask()
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call write(temporary path) beside `path`, flush the file to disk, then rename it over
-    `path`: readers see the old file or the whole new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp makes files private; these are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """`obj` as indented JSON (plus a final newline) at `path`, written atomically."""
-    text = json.dumps(obj, indent=2) + "\n"
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside DistributedDataParallel (`.module`) and torch.compile
-    (`._orig_mod`) wrappers, in whatever order they were applied."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -200,9 +179,10 @@ def save_checkpoint(
         "tokenizer": tokenizer,
         "data": data,
     }
-    lora = lora_settings(unwrap_model(model))
-    if lora:  # an unmerged LoRA model: load_checkpoint needs its adapters to rebuild it
-        config["lora"] = lora
+    for key, (describe, _) in _EXTENSIONS.items():
+        settings = describe(unwrap_model(model))
+        if settings:  # e.g. an unmerged LoRA model: loading needs its adapters to rebuild it
+            config[key] = settings
     final = _new_folder_name(folder, int(state["step"]))
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{final.name}-"))
     try:
@@ -217,7 +197,7 @@ def save_checkpoint(
             os.chmod(f, file_mode())
         os.chmod(tmp, folder_mode())  # mkdtemp makes folders private
         os.rename(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -354,7 +334,7 @@ def load_checkpoint(
         model_state=_read_weights(folder, map_location),
         tokenizer=config.get("tokenizer", "wikitext2"),
         data=config.get("data", ""),
-        lora=config.get("lora"),
+        extensions={k: v for k, v in config.items() if k not in _CONFIG_KEYS},
     )
 
 

@@ -23,11 +23,12 @@ import tiktoken
 import torch
 
 from wikigpt_lib.checkpoint import load_checkpoint
+from wikigpt_lib.config import TrainConfig, train_preset
 from wikigpt_lib.data import load_wikitext2, tokenize_split
 from wikigpt_lib.device import is_quick, pick_device
 from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.tokenizer import get_tokenizer
-from wikigpt_lib.train import TrainConfig, Trainer, train_preset
+from wikigpt_lib.train import Trainer
 
 if TYPE_CHECKING:
     from datasets import DatasetDict

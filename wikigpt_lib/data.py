@@ -1,15 +1,13 @@
-"""WikiText-2: loading it from wherever it is, reading it, tokenizing it, and batching it.
+"""WikiText-2: loading it from wherever it is, and tokenizing it.
 
 load_wikitext2()      a DatasetDict (train / validation / test, one `text` column) whose rows
                       equal the Hugging Face `Salesforce/wikitext` rows
 wikitext2_source()    where it came from: a folder, the hub, or the built-in sample corpus
-split_articles()      rows -> articles (title, text)
-detokenize()          undo WikiText's spacing (` @-@ `, ` , `) for display
-count_words()         the word count that word-level perplexity is normalised by
 tokenize_split()      a split -> one cached uint16 array of token ids
-get_batch()           random (x, y) windows for training, y shifted by one
-iter_eval_batches()   non-overlapping sequential windows for evaluation
-TokenWindowDataset    the same windows as a torch Dataset
+
+Reading the text (articles, detokenizing, word counts) is `wikigpt_lib.text`; cutting token
+windows into batches is `wikigpt_lib.windows`. Their functions are importable from here too,
+as notebook 02 builds them in one place.
 """
 
 from __future__ import annotations
@@ -17,22 +15,33 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 import socket
 import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 
 from wikigpt_lib.sample_corpus import sample_wikitext
+from wikigpt_lib.text import Article, as_rows, count_words, detokenize, split_articles
+from wikigpt_lib.windows import (
+    TokenWindowDataset,
+    epoch_window_starts,
+    get_batch,
+    iter_eval_batches,
+    windows_at,
+)
+
+__all__ = [  # the names notebook 02 and its solutions import from here
+    "Article", "TokenWindowDataset", "WikiTextNotFoundError", "count_words", "detokenize",
+    "epoch_window_starts", "get_batch", "iter_eval_batches", "load_corpus", "load_wikitext2",
+    "rows_from_text", "split_articles", "tokenize_split", "wikitext2_source", "windows_at",
+]  # fmt: skip
 
 if TYPE_CHECKING:  # `datasets` takes ~1.5 s to import: only load it when data is loaded
     from datasets import Dataset, DatasetDict
@@ -99,7 +108,7 @@ def _from_folder(folder: Path, variant: str) -> DatasetDict:
     return _to_datasetdict({split: _read_rows(path) for split, path in paths.items()})
 
 
-def _hub_address() -> tuple[str, int]:
+def hub_address() -> tuple[str, int]:
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
@@ -113,7 +122,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     def probe() -> None:
         try:
-            with socket.create_connection(_hub_address(), timeout=timeout):
+            with socket.create_connection(hub_address(), timeout=timeout):
                 result.append(True)
         except OSError:
             pass
@@ -152,7 +161,7 @@ def _try_hub(variant: str, tried: list[str]) -> DatasetDict | None:
         )
         return None
     if not seen and not hub_reachable():
-        host, port = _hub_address()
+        host, port = hub_address()
         tried.append(
             f"Hugging Face hub: {host}:{port} cannot be reached (offline?). If you downloaded "
             "it before, set HF_HUB_OFFLINE=1 to load the copy in the datasets cache"
@@ -257,78 +266,6 @@ def wikitext2_source(ds: DatasetDict) -> str:
     return source if ref is not None and ref() is ds else "unknown (not made by load_wikitext2)"
 
 
-# ----------------------------------------------------------------------------- reading
-
-_HEADING = re.compile(r"^ = ([^=].*?) = \n$")  # exactly one "=" each side: an article title
-
-
-def _as_rows(rows: Iterable[str] | Dataset) -> list[str]:
-    """A list of row strings from a list, a Dataset (its `text` column) or a datasets Column
-    (converted in one go: iterating a Column row by row is ~100x slower)."""
-    if isinstance(rows, str):
-        raise TypeError("Expected rows of text (a list of str or a Dataset), got one str.")
-    if hasattr(rows, "column_names"):  # a datasets.Dataset
-        rows = rows["text"]
-    rows = rows[:] if hasattr(rows, "column_name") else list(rows)  # datasets Column -> list
-    if not all(isinstance(row, str) for row in rows):
-        raise TypeError("Expected rows of text (str), e.g. ds['train']['text'].")
-    return rows
-
-
-@dataclass(frozen=True)
-class Article:
-    title: str
-    text: str  # the article's rows after its title row, joined (the title row is left out)
-
-
-def split_articles(rows: Iterable[str] | Dataset) -> list[Article]:
-    """Split rows into articles. An article starts at a title row ` = Title = ` (one "=" each
-    side) that has a blank row before and after it, as every WikiText-2 title does; without
-    that check a few table rows such as ` = Played , W = ` would count (629 train "articles"
-    instead of 600). ` = = Section = = ` rows are sections inside an article. Rows before the
-    first title are dropped."""
-    rows = _as_rows(rows)
-    articles: list[Article] = []
-    title, body = None, []
-    for i, row in enumerate(rows):
-        match = _HEADING.match(row)
-        blank_before = i == 0 or not rows[i - 1].strip()
-        blank_after = i + 1 == len(rows) or not rows[i + 1].strip()
-        if match and blank_before and blank_after:
-            if title is not None:
-                articles.append(Article(title, "".join(body)))
-            title, body = match.group(1), []
-        elif title is not None:
-            body.append(row)
-    if title is not None:
-        articles.append(Article(title, "".join(body)))
-    return articles
-
-
-_DETOKENIZE_RULES = [
-    (re.compile(r" @(.)@ "), r"\1"),  # 1 @,@ 000 -> 1,000; well @-@ known -> well-known
-    (re.compile(r" ([.,;:!?)\]}]|'s|'t|n't|'re|'ve|'ll|'d|'m)(?=\s|$)"), r"\1"),  # no space before
-    (re.compile(r"([(\[{]) "), r"\1"),  # no space after an opening bracket
-    (re.compile(r'" ([^"\n]*?) "'), r'"\1"'),  # " quoted words " -> "quoted words"
-]
-
-
-def detokenize(text: str) -> str:
-    """Undo WikiText's tokenized spacing for display: `a well @-@ known town , 1 @,@ 000 ( est . )`
-    becomes `a well-known town, 1,000 (est.)`. A lone ` ' ` stays as it is: a plural possessive
-    and a single quote look alike. For reading only: models train on the original text."""
-    for pattern, repl in _DETOKENIZE_RULES:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def count_words(rows: Iterable[str] | Dataset) -> int:
-    """Words as the word-level perplexity literature counts them: whitespace-separated tokens
-    plus one end-of-line per row, blank rows included (wikitext-2-v1: validation 217,646,
-    test 245,569)."""
-    return sum(len(row.split()) + 1 for row in _as_rows(rows))
-
-
 # ----------------------------------------------------------------------------- tokenizing
 
 
@@ -396,7 +333,7 @@ def tokenize_split(
     as `.npy` under `cache_dir`, `$WIKIGPT_CACHE_DIR` or `~/.cache/wikigpt`, keyed by a hash of
     the text and of the tokenizer, so a second call returns at once.
     """
-    rows = _as_rows(rows)
+    rows = as_rows(rows)
     dtype = np.uint16 if tokenizer.n_vocab <= 2**16 else np.uint32
     digest = hashlib.sha256()
     for row in rows:
@@ -432,124 +369,3 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
             os.unlink(f.name)
             raise
     os.replace(f.name, path)
-
-
-# ----------------------------------------------------------------------------- batching
-
-
-def _check_sizes(data: np.ndarray, batch_size: int, block_size: int) -> None:
-    if not isinstance(data, np.ndarray) or data.ndim != 1:
-        raise TypeError("data must be a 1-D numpy array of token ids, as tokenize_split returns.")
-    if batch_size < 1 or block_size < 1:
-        raise ValueError(
-            f"batch_size and block_size must be >= 1 (got {batch_size}, {block_size})."
-        )
-    if len(data) < block_size + 1:
-        raise ValueError(
-            f"The data has {len(data)} tokens, too few for one window of block_size={block_size} "
-            "plus its shifted target: use a smaller block_size or more data."
-        )
-
-
-def get_batch(
-    data: np.ndarray,
-    batch_size: int,
-    block_size: int,
-    *,
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random training windows from a token array: x (B, T) and y (B, T), int64 on `device`,
-    where y[:, t] is the token that follows x[:, t] in the text. Every start is equally
-    likely; reproducible with a seeded (CPU) `generator`."""
-    _check_sizes(data, batch_size, block_size)
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
-    return windows_at(data, starts, block_size, device=device)
-
-
-def windows_at(
-    data: np.ndarray,
-    starts: torch.Tensor,
-    block_size: int,
-    *,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows that begin at `starts` (B,): x = data[s : s+T] and y = data[s+1 : s+T+1]
-    for each start s, as int64 tensors (B, T) on `device`."""
-    offsets = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
-    chunk = torch.from_numpy(data[offsets.numpy()].astype(np.int64))  # (B, T+1)
-    x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, T), (B, T)
-    if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap compute
-        x, y = x.pin_memory(), y.pin_memory()
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def epoch_window_starts(
-    n_tokens: int, block_size: int, seed: int, first: int, count: int
-) -> torch.Tensor:
-    """Starts of training windows number `first` ... `first + count - 1` (int64, (count,)) in
-    an endless stream of epochs over a split of `n_tokens` tokens.
-
-    Epoch e cuts the split into W = (n_tokens - T) // T non-overlapping windows shifted by a
-    random offset in [0, T), and visits them in a random order; offset and order come from
-    (seed, e) alone. So every window is seen once per epoch (random starts with replacement
-    miss about a third of them), each epoch sees different cuts, and the k-th window of the
-    stream depends only on k: a resumed run continues exactly.
-    """
-    windows = (n_tokens - block_size) // block_size
-    if windows < 1:
-        raise ValueError(
-            f"{n_tokens} tokens hold no window of block_size={block_size} plus its target."
-        )
-    flat = torch.arange(first, first + count)
-    starts = torch.empty(count, dtype=torch.int64)
-    for epoch in flat.div(windows, rounding_mode="floor").unique().tolist():
-        offset, order = _epoch_order(n_tokens, block_size, seed, epoch)
-        here = flat // windows == epoch
-        starts[here] = offset + order[flat[here] % windows] * block_size
-    return starts
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n_tokens: int, block_size: int, seed: int, epoch: int) -> tuple[int, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    offset = int(torch.randint(block_size, (1,), generator=g))
-    return offset, torch.randperm((n_tokens - block_size) // block_size, generator=g)
-
-
-class TokenWindowDataset(torch.utils.data.Dataset):
-    """Windows of `block_size` tokens and their targets shifted by one, every `stride` tokens
-    (default: block_size, i.e. non-overlapping). The last partial window is dropped."""
-
-    def __init__(self, data: np.ndarray, block_size: int, stride: int | None = None) -> None:
-        _check_sizes(data, 1, block_size)
-        self.data, self.block_size = data, block_size
-        self.stride = block_size if stride is None else stride
-        if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}.")
-
-    def __len__(self) -> int:
-        return (len(self.data) - 1 - self.block_size) // self.stride + 1
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"window {i} out of range for {len(self)} windows")
-        s = i * self.stride
-        chunk = torch.from_numpy(self.data[s : s + self.block_size + 1].astype(np.int64))
-        return chunk[:-1], chunk[1:]  # (T,), (T,)
-
-
-def iter_eval_batches(
-    data: np.ndarray, batch_size: int, block_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) int64 batches of shape (B, T) that cover the split in order with
-    non-overlapping windows: window i is data[i*T : (i+1)*T] and its targets shifted by one.
-    The last batch may hold fewer than `batch_size` windows; the < T + 1 tokens after the last
-    whole window are left out (at most T tokens of a split: negligible for perplexity)."""
-    _check_sizes(data, batch_size, block_size)
-    n_windows = (len(data) - 1) // block_size
-    for first in range(0, n_windows, batch_size):
-        starts = torch.arange(first, min(first + batch_size, n_windows)) * block_size  # (B,)
-        offsets = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
-        chunk = torch.from_numpy(data[offsets.numpy()].astype(np.int64))  # (B, T+1)
-        yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()

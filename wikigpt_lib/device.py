@@ -97,12 +97,24 @@ def has_native_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
-def pick_precision(device: torch.device | str | None = None) -> Precision:
-    """Choose autocast dtype for `device`: bf16 on Ampere and newer, fp16 + scaler on older
-    CUDA GPUs (T4, V100), fp32 on CPU and MPS."""
+def pick_precision(device: torch.device | str | None = None, name: str = "auto") -> Precision:
+    """The mixed-precision recipe for `device` (None: `pick_device()`).
+
+    name="auto" chooses: bf16 on Ampere and newer GPUs, fp16 + gradient scaler on older CUDA
+    GPUs (T4, V100), fp32 on CPU and MPS. "fp32", "bf16" and "fp16" ask for one; fp16 needs
+    a CUDA GPU. The one place the library decides precision (training, chat, the CLI).
+    """
     device = pick_device() if device is None else torch.device(device)
-    if device.type == "cuda":
-        if has_native_bf16(device):
-            return Precision(device, torch.bfloat16, use_grad_scaler=False)
-        return Precision(device, torch.float16, use_grad_scaler=True)
-    return Precision(device, None, use_grad_scaler=False)
+    if name == "auto":
+        if device.type != "cuda":
+            return Precision(device, None, use_grad_scaler=False)
+        name = "bf16" if has_native_bf16(device) else "fp16"
+    if name == "fp32":
+        return Precision(device, None, use_grad_scaler=False)
+    if name == "bf16":
+        return Precision(device, torch.bfloat16, use_grad_scaler=False)
+    if name != "fp16":
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {name!r}.")
+    if device.type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA GPU; use 'auto' or 'fp32' on this device.")
+    return Precision(device, torch.float16, use_grad_scaler=True)

@@ -17,16 +17,19 @@ The n-gram baselines in the same word-level units are in `wikigpt_lib.ngram`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from wikigpt_lib.checkpoint import unwrap_model
-from wikigpt_lib.data import _as_rows, count_words, tokenize_split
+from wikigpt_lib.base import unwrap_model
+from wikigpt_lib.data import tokenize_split
+from wikigpt_lib.metrics import loss_sums
+from wikigpt_lib.model import IGNORE_INDEX
+from wikigpt_lib.text import as_rows, count_words
 
 
 def score_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int]]:
@@ -72,38 +75,21 @@ def _as_ids(ids: Any) -> torch.Tensor:
     return tensor.long()
 
 
-def _sum_nll(
-    model: nn.Module,
-    ids: torch.Tensor,
-    windows: list[tuple[int, int]],
-    T: int,
-    batch_size: int,
-    progress: bool = False,
-) -> float:
-    """Total loss in nats of the tokens that `windows` score (float64 sum)."""
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    total = 0.0
-    firsts = range(0, len(windows), batch_size)
-    for first in tqdm(firsts, disable=not progress, unit="batch", desc="evaluating"):
+def _window_batches(
+    ids: torch.Tensor, windows: list[tuple[int, int]], T: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The windows as (x, y) batches (B, T); targets a window does not score are IGNORE_INDEX,
+    so `loss_sums` adds up exactly the tokens that `score_windows` assigns to it."""
+    for first in range(0, len(windows), batch_size):
         batch = windows[first : first + batch_size]
         starts = torch.tensor([s for s, _ in batch])  # (B,)
-        offsets = starts[:, None] + torch.arange(T + 1)  # (B, T+1)
-        chunk = ids[offsets].to(device)  # (B, T+1)
-        x, y = chunk[:, :-1], chunk[:, 1:]  # (B, T): y[:, t] follows x[:, t]
-        logits, _ = model(x)  # (B, T, V)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # log-softmax in fp32 at least
-        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        nll = nll.view(len(batch), T)  # (B, T)
-        n_scored = torch.tensor([n for _, n in batch], device=device)  # (B,)
-        keep = torch.arange(T, device=device) >= T - n_scored[:, None]  # (B, T): the last n
-        total += nll.double().masked_fill(~keep, 0.0).sum().item()
-    return total
+        chunk = ids[starts[:, None] + torch.arange(T + 1)]  # (B, T+1)
+        x, y = chunk[:, :-1], chunk[:, 1:].clone()  # (B, T): y[:, t] follows x[:, t]
+        n_scored = torch.tensor([n for _, n in batch])  # (B,)
+        y[torch.arange(T) < T - n_scored[:, None]] = IGNORE_INDEX  # keep the last n of each
+        yield x, y
 
 
-@torch.no_grad()
 def evaluate_perplexity(
     model: nn.Module,
     ids: Any,
@@ -151,12 +137,10 @@ def evaluate_perplexity(
             raise ValueError(f"{name} must be a positive count (or None), got {value}.")
     windows = score_windows(len(ids), T, stride)
     T = min(T, len(ids) - 1)  # score_windows shortens the window for a short text the same way
-    was_training = model.training
-    model.eval()
-    try:
-        total = _sum_nll(model, ids, windows, T, batch_size, progress)
-    finally:
-        model.train(was_training)
+    batches = _window_batches(ids, windows, T, batch_size)
+    n_batches = math.ceil(len(windows) / batch_size)
+    batches = tqdm(batches, total=n_batches, disable=not progress, unit="batch", desc="evaluating")
+    total, _ = loss_sums(model, batches)
     n_tokens = len(ids) - 1
     loss = total / n_tokens
     return {
@@ -189,7 +173,7 @@ def evaluate_split(
     (`tokenize_split`: rows joined as they are, cached unless use_cache=False). Counts the
     words (`count_words`) and the UTF-8 bytes of the joined rows for word perplexity and
     bits per byte."""
-    rows = _as_rows(rows)
+    rows = as_rows(rows)
     ids = tokenize_split(rows, tokenizer, use_cache=use_cache)
     return evaluate_perplexity(
         model,

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wikigpt_lib.attention import KVCache
-from wikigpt_lib.checkpoint import unwrap_model
-from wikigpt_lib.data import _DETOKENIZE_RULES, detokenize
+from wikigpt_lib.base import unwrap_model
+from wikigpt_lib.text import DETOKENIZE_RULES, detokenize
 
 # ----------------------------------------------------------------------------- checks
 
@@ -362,7 +362,7 @@ def _safe_cut(line: str) -> int:
 
 
 _QUOTE_PAIR = re.compile(r'" [^"\n]*? "')
-_RULES_BEFORE_QUOTES = [(p, r) for p, r in _DETOKENIZE_RULES if '"' not in p.pattern]
+_RULES_BEFORE_QUOTES = [(p, r) for p, r in DETOKENIZE_RULES if '"' not in p.pattern]
 
 
 class TextStreamer:

@@ -89,7 +89,7 @@ def _fetch_from_hub(
     """The snapshot folder of model `name` in the hub cache, with config.json and the weights."""
     from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from wikigpt_lib.data import _hub_address
+    from wikigpt_lib.data import hub_address
 
     repo_id = HUB_IDS.get(name, name)
     label = name if name == repo_id else f"{name} ({repo_id})"
@@ -97,7 +97,7 @@ def _fetch_from_hub(
     if local_only:
         tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
     elif not _hub_reachable():
-        host, port = _hub_address()
+        host, port = hub_address()
         tried.append(f"the Hugging Face hub: {host}:{port} cannot be reached (offline?)")
         local_only = True
     kwargs = {"revision": revision, "cache_dir": cache_dir}

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wikigpt_lib.checkpoint import register_extension
+
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
@@ -230,3 +232,7 @@ def restore_lora(model: nn.Module, settings: dict[str, dict[str, Any]]) -> nn.Mo
         )
     layers = {n: (int(s["r"]), float(s["alpha"]), float(s["dropout"])) for n, s in settings.items()}
     return _freeze_and_wrap(model, layers)
+
+
+# Checkpoints record a LoRA model's adapters and rebuild them on load (see checkpoint.py).
+register_extension("lora", lora_settings, restore_lora)

@@ -8,107 +8,15 @@ weights transposed into `nn.Linear` layout), so GPT-2 checkpoints load straight 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wikigpt_lib.attention import CausalSelfAttention, KVCache, _nearest_divisor
+from wikigpt_lib.attention import CausalSelfAttention, KVCache
+from wikigpt_lib.config import GPTConfig
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (e.g. masked prompts)
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """The shape of a GPT. The defaults are the course's CPU model (`GPTConfig.preset("cpu")`).
-
-    vocab_size: number of token ids; block_size: longest sequence (number of positions);
-    n_layer: blocks; n_head: attention heads per block; n_embd: width of the residual
-    stream; dropout: probability used by every dropout layer; bias: biases in the Linear
-    layers and LayerNorms (False: no biases anywhere).
-    """
-
-    vocab_size: int = 8192
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 2
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head "
-                f"gets n_embd / n_head channels. Use e.g. n_head="
-                f"{_nearest_divisor(self.n_embd, self.n_head)} or n_embd="
-                f"{self.n_head * max(1, round(self.n_embd / self.n_head))}."
-            )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}.")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}.")
-
-    @classmethod
-    def presets(cls) -> list[str]:
-        """Names accepted by `GPTConfig.preset`."""
-        return list(_PRESETS)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
-        """A named configuration, optionally changed: `GPTConfig.preset("gpt2", dropout=0.1)`.
-
-        tiny: for tests. cpu: the course model trained on a 2-core CPU in 15 minutes.
-        gpu: the course model for a GPU. gpt2, gpt2-medium, gpt2-large, gpt2-xl: OpenAI's.
-        """
-        if name not in _PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}.")
-        return cls.from_dict({**_PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Inverse of `to_dict`; missing keys take the defaults, unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown GPTConfig field(s) {unknown}; the fields are {sorted(known)}."
-            )
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> GPTConfig:
-        """A copy with some fields changed (validated like a new config)."""
-        return replace(self, **changes)
-
-
-_COURSE = {"vocab_size": 8192, "dropout": 0.0, "bias": False}
-_GPT2 = {"vocab_size": 50257, "block_size": 1024, "dropout": 0.0, "bias": True}
-_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {**_COURSE, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-    # Width 128 rather than 256: on a 2-core CPU the narrower model sees 2.3 epochs in 15
-    # minutes instead of one and ends far better (benchmarks/results/train_cpu.md, the ladder).
-    "cpu": {**_COURSE, "block_size": 128, "n_layer": 4, "n_head": 2, "n_embd": 128},
-    # A GPU sees WikiText-2 many times: dropout 0.2 against overfitting (not yet measured).
-    "gpu": {**_COURSE, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.2},
-    "gpt2": {**_GPT2, "n_layer": 12, "n_head": 12, "n_embd": 768},
-    "gpt2-medium": {**_GPT2, "n_layer": 24, "n_head": 16, "n_embd": 1024},
-    "gpt2-large": {**_GPT2, "n_layer": 36, "n_head": 20, "n_embd": 1280},
-    "gpt2-xl": {**_GPT2, "n_layer": 48, "n_head": 25, "n_embd": 1600},
-}
 
 
 class MLP(nn.Module):
@@ -154,6 +62,9 @@ class GPT(nn.Module):
     `model(idx)` takes token ids (B, T) and returns `(logits, None)` with logits
     (B, T, vocab_size); `model(idx, targets)` also returns the mean cross-entropy loss
     over every position whose target is not -100.
+
+    Chapter 08 (`wikigpt_lib.pretrained`, `wikigpt_lib.export`) adds `GPT.from_pretrained`
+    and `GPT.save_pretrained` from above: this module knows nothing of GPT-2's files.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -178,25 +89,6 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> GPT:
-        """GPT-2 weights from the Hugging Face hub or a local folder, in eval mode:
-        `GPT.from_pretrained("gpt2")` (also gpt2-medium, gpt2-large, gpt2-xl, any hub id
-        "owner/name", or a folder with config.json + model.safetensors). Keyword arguments
-        (dropout, device, revision, cache_dir) go to `wikigpt_lib.pretrained.load_pretrained`;
-        raises `PretrainedUnavailableError` within seconds when the files can't be had."""
-        from wikigpt_lib.pretrained import load_pretrained  # imports this module: import late
-
-        return load_pretrained(name_or_path, **kwargs)
-
-    def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> Path:
-        """Export to `path` in the Hugging Face format (config.json + model.safetensors) that
-        `transformers.GPT2LMHeadModel.from_pretrained` loads with the same logits; see
-        `wikigpt_lib.pretrained.save_pretrained` (keyword: tokenizer). Returns the folder."""
-        from wikigpt_lib.pretrained import save_pretrained
-
-        return save_pretrained(self, path, **kwargs)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -9,7 +9,7 @@
 
 `cfg` is any object with the `TrainConfig` fields used here (lr, min_lr, warmup_steps,
 max_steps, schedule, decay_frac, weight_decay, beta1, beta2, optimizer, muon_lr,
-muon_momentum); this module imports nothing else from the library.
+muon_momentum); the names of the schedules and optimizers come from `config`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-SCHEDULES = ("cosine", "linear", "wsd")
-OPTIMIZERS = ("adamw", "muon")
+from wikigpt_lib.config import OPTIMIZERS, SCHEDULES
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Muon", "configure_optimizer", "lr_at", "orthogonalize",
+           "param_groups", "muon_param_groups", "set_lr"]  # fmt: skip
 
 
 def lr_at(step: int, cfg: Any) -> float:

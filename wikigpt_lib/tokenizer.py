@@ -28,7 +28,7 @@ import tempfile
 import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
@@ -48,7 +48,6 @@ SPLIT_PATTERN = (
 COURSE_VOCAB_SIZE = 8192
 COURSE_TOKENIZER_FILE = "wikitext2_bpe_8192.tiktoken"
 TOKENIZER_NAMES = ("wikitext2", "course", "gpt2")
-CHAT_SUFFIX = "-chat"  # "wikitext2-chat": the wikitext2 tokenizer plus the chat role tokens
 GPT2_LOAD_TIMEOUT_S = 60.0
 
 
@@ -333,26 +332,38 @@ def _parse_ranks(data: bytes, source: str) -> dict[bytes, int]:
 # ----------------------------------------------------------------------------- tokenizers
 
 
+# Later chapters add variants of the base tokenizers, named by a suffix ("wikitext2-chat":
+# the course tokenizer plus chat's role tokens, chapter 09). They register here, so this
+# module knows nothing of them: suffix -> builder(full name) -> Encoding.
+_VARIANTS: dict[str, Callable[[str], tiktoken.Encoding]] = {}
+
+
+def register_tokenizer_variant(suffix: str, build: Callable[[str], tiktoken.Encoding]) -> None:
+    """Make `get_tokenizer(base + suffix)` return `build(base + suffix)` for every base name."""
+    if not suffix.startswith("-"):
+        raise ValueError(f"a tokenizer variant's suffix starts with '-', got {suffix!r}.")
+    _VARIANTS[suffix] = build
+
+
 def get_tokenizer(name: str = "wikitext2") -> tiktoken.Encoding:
     """The course tokenizer ("wikitext2", alias "course") or OpenAI's GPT-2 tokenizer ("gpt2").
-    A "-chat" name ("wikitext2-chat", as chat checkpoints record it) gives that tokenizer plus
-    the chat role tokens (see `wikigpt_lib.chat.get_chat_tokenizer`).
+    A registered variant's name ("wikitext2-chat", as chat checkpoints record it) gives that
+    tokenizer plus the variant's tokens (see `wikigpt_lib.chat_template`).
 
     The course tokenizer ships inside the package and loads offline. GPT-2's files are
     downloaded by tiktoken on first use, or read from `$TIKTOKEN_CACHE_DIR`; when neither works
     this raises TokenizerUnavailableError.
     """
-    if name.endswith(CHAT_SUFFIX):
-        from wikigpt_lib.chat import get_chat_tokenizer  # chat imports this module: import late
-
-        return get_chat_tokenizer(name)
+    for suffix, build in _VARIANTS.items():
+        if name.endswith(suffix) and name.removesuffix(suffix) in TOKENIZER_NAMES:
+            return build(name)
     if name in ("wikitext2", "course"):
         return _course_tokenizer()
     if name == "gpt2":
         return _gpt2_tokenizer()
+    variants = "".join(f", each also with {s!r}" for s in _VARIANTS)
     raise ValueError(
-        f"Unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}, each also "
-        "with '-chat' for the chat tokenizer."
+        f"Unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}{variants}."
     )
 
 
