@@ -11,7 +11,7 @@ Greedy decoding from an 8-token prompt, batch 1, in two cases:
   path give the same tokens (checked), and the cache saves re-running the growing prefix;
 - 512 new tokens: past the context. Uncached, every step runs a full 128-token window (the
   sliding window). Cached, the cache restarts from the newest 64 tokens whenever it is
-  full (see `wikigpt_lib.generate.generate`), so a step costs one token, plus a 64-token
+  full (see `wikigpt_lib.generation.generate`), so a step costs one token, plus a 64-token
   prefill every 64 tokens.
 
 Hugging Face: `GPT2LMHeadModel.generate` (greedy, with its cache) on a random GPT-2 of the
@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wikigpt_lib.generate import generate  # noqa: E402
+from wikigpt_lib.generation import generate  # noqa: E402
 from wikigpt_lib.model import GPT, GPTConfig  # noqa: E402
 
 PROMPT_LEN = 8

@@ -422,6 +422,42 @@ def test_tiny_model_fine_tuned_on_four_examples_reproduces_them():
     assert chat(model, [user(q)], TOK, max_new_tokens=20, detokenize=True) == detokenize(a)
 
 
+def test_chat_fine_tuning_on_the_trainer_checkpoints_and_resumes_exactly(tmp_path):
+    """finetune_chat runs on the Trainer: with a run folder it writes checkpoints that
+    load_chat_model loads, and a run stopped after 4 steps and resumed ends bit for bit
+    where an uninterrupted 8-step run ends (padded and packed batches)."""
+    from wikigpt_lib.train import TrainConfig
+
+    examples = [ChatExample("t", [user(q), assistant(a)]) for q, a in FACTS]
+    pairs = encode_examples(examples, TOK, 64)
+    cfg = TrainConfig(max_steps=8, batch_size=3, lr=1e-2, min_lr=1e-3, warmup_steps=2,
+                      eval_interval=4, log_interval=1, progress=False, optimizer="muon")  # fmt: skip
+    for pack in (False, True):
+        straight = tiny_chat_model(seed=2)
+        finetune_chat(straight, pairs, cfg, pad_id=PAD, val_pairs=pairs, pack=pack)
+        run = tmp_path / f"run-{pack}"
+        stopped = tiny_chat_model(seed=2)
+
+        def stop_at_4(record):
+            if record["step"] == 4:
+                raise KeyboardInterrupt  # as Ctrl-C: a checkpoint, then fit returns
+
+        first = finetune_chat(stopped, pairs, cfg, pad_id=PAD, val_pairs=pairs, pack=pack,
+                              run_dir=run, callback=stop_at_4)  # fmt: skip
+        assert max(r["step"] for r in first) == 4
+        resumed = tiny_chat_model(seed=9)  # other weights: resuming replaces them
+        history = finetune_chat(resumed, pairs, cfg, pad_id=PAD, val_pairs=pairs, pack=pack,
+                                run_dir=run, resume=True)  # fmt: skip
+        assert [r["step"] for r in history if r["split"] == "val"] == [8]
+        for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                                strict=True):  # fmt: skip
+            assert torch.equal(a, b), name
+        model, tok = load_chat_model(run)
+        assert tok.name == "wikitext2-chat" and model.config == straight.config
+    with pytest.raises(ValueError, match="resume=True needs the run_dir"):
+        finetune_chat(tiny_chat_model(), pairs, cfg, pad_id=PAD, resume=True)
+
+
 def test_reply_stops_at_max_new_tokens_and_never_shows_special_tokens():
     model = tiny_chat_model()
     reply = chat(model, [user("Hello")], TOK, max_new_tokens=7, temperature=1.0, seed=3)

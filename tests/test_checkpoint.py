@@ -370,3 +370,23 @@ def test_load_model_and_tokenizer(tmp_path):
     ckpt_mod.save_checkpoint(tmp_path / "small", model=small, state={"step": 1}, is_best=True)
     with pytest.raises(ckpt_mod.CheckpointError, match="has 8192 ids but the model only 64"):
         ckpt_mod.load_model_and_tokenizer(tmp_path / "small")
+
+
+def test_extensions_register_from_above_and_unknown_ones_are_refused(tmp_path):
+    """The checkpoint module knows nothing of LoRA: lora.py registers itself, and a config
+    key that no module registered is a clear error, never silently dropped."""
+    from wikigpt_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    assert "lora" in ckpt_mod._EXTENSIONS
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    folder = save_checkpoint(tmp_path, model=model, state={"step": 1})
+    config = json.loads((folder / "config.json").read_text())
+    assert "lora" not in config  # a model without adapters records none
+    config["adapters-from-the-future"] = {"r": 4}
+    (folder / "config.json").write_text(json.dumps(config))
+    ckpt = load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="extended with 'adapters-from-the-future'"):
+        ckpt.build_model()
+    with pytest.raises(ValueError, match="config key of its own"):
+        ckpt_mod.register_extension("model", lambda m: None, lambda m, s: m)

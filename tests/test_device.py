@@ -73,3 +73,21 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         dev.pick_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "name, dtype, scaler",
+    [("fp32", None, False), ("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)],
+)
+def test_named_precisions_on_cuda(monkeypatch, name, dtype, scaler):
+    """The one precision picker: a name asked for is what the Trainer and chat get."""
+    p = dev.pick_precision(torch.device("cuda"), name)
+    assert p.autocast_dtype == dtype and p.use_grad_scaler is scaler and p.name == name
+
+
+def test_named_precision_errors():
+    assert dev.pick_precision("cpu", "bf16").autocast_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16' needs a CUDA GPU"):
+        dev.pick_precision("cpu", "fp16")
+    with pytest.raises(ValueError, match="must be auto, fp32, bf16 or fp16"):
+        dev.pick_precision("cpu", "fp8")

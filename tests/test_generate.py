@@ -1,4 +1,4 @@
-"""Tests of wikigpt_lib.generate (sampling, KV cache, streaming) and `wikigpt generate`."""
+"""Tests of wikigpt_lib.generation (sampling, KV cache, streaming) and `wikigpt generate`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from wikigpt_lib.checkpoint import save_checkpoint
 from wikigpt_lib.cli import main
 from wikigpt_lib.data import detokenize
-from wikigpt_lib.generate import (
+from wikigpt_lib.generation import (
     KVCache,
     TextStreamer,
     forward_cached,
@@ -28,8 +28,8 @@ from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.tokenizer import get_tokenizer
 
 # The package exports the function `generate`, which hides the module of the same name from
-# `import wikigpt_lib.generate as ...`; import_module returns the module itself.
-gen = importlib.import_module("wikigpt_lib.generate")
+# `import wikigpt_lib.generation as ...`; import_module returns the module itself.
+gen = importlib.import_module("wikigpt_lib.generation")
 
 
 def tiny(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> GPT:

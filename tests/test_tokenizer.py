@@ -388,3 +388,16 @@ def test_gpt2_stalled_download_gives_up(offline):
     offline.setattr(tok, "GPT2_LOAD_TIMEOUT_S", 0.05)
     with pytest.raises(TokenizerUnavailableError, match="no answer in 0 s"):
         get_tokenizer("gpt2")
+
+
+def test_variants_register_from_above():
+    """The tokenizer module knows nothing of chat: chat_template registers "-chat"."""
+    from wikigpt_lib import tokenizer as tk
+
+    assert "-chat" in tk._VARIANTS  # registered when wikigpt_lib was imported
+    chat = tk.get_tokenizer("course-chat")
+    assert chat.n_vocab == tk.COURSE_VOCAB_SIZE + 4 and chat.name == "course-chat"
+    with pytest.raises(ValueError, match="each also with '-chat'"):
+        tk.get_tokenizer("bert-chat")
+    with pytest.raises(ValueError, match="starts with '-'"):
+        tk.register_tokenizer_variant("chat", lambda name: chat)

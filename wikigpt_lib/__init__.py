@@ -1,7 +1,7 @@
 """wikigpt_lib: the finished code of the Wiki-GPT course, as a small reusable library.
 
 The package holds what a user needs (`__all__`, by chapter); every other name is imported from
-its module (`from wikigpt_lib.generate import top_p_filter`). The modules, in layers: each
+its module (`from wikigpt_lib.generation import top_p_filter`). The modules, in layers: each
 imports only from the layers above it in this list, never from below (docs/architecture.md).
 
     base            atomic writes, unwrapping DDP / compiled models             (shared)
@@ -20,7 +20,7 @@ imports only from the layers above it in this list, never from below (docs/archi
     runtime         DDP process group, stop signals                             (05)
     train_state     what a run saves and restores for an exact resume           (05)
     train           the Trainer: one loop for pretraining and fine-tuning       (05)
-    generate        sampling (greedy, temperature, top-k, top-p), streaming     (06)
+    generation      sampling (greedy, temperature, top-k, top-p), streaming     (06)
     evaluate        perplexity: token, word-level, bits per byte, sliding       (07)
     ngram           unigram and Kneser-Ney baselines                            (07)
     course          the trained course model for notebooks 06-09                (05-09)
@@ -46,7 +46,7 @@ from wikigpt_lib.data import load_wikitext2, tokenize_split
 from wikigpt_lib.device import pick_device, seed_everything
 from wikigpt_lib.evaluate import evaluate_perplexity, evaluate_split
 from wikigpt_lib.export import save_pretrained
-from wikigpt_lib.generate import generate
+from wikigpt_lib.generation import generate
 from wikigpt_lib.lora import add_lora, merge_lora
 from wikigpt_lib.model import GPT
 from wikigpt_lib.pretrained import load_pretrained

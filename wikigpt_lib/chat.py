@@ -33,7 +33,7 @@ from wikigpt_lib.chat_template import (
 )
 from wikigpt_lib.checkpoint import load_model_and_tokenizer, load_weights_into, save_checkpoint
 from wikigpt_lib.config import TrainConfig
-from wikigpt_lib.generate import TextStreamer, stream
+from wikigpt_lib.generation import TextStreamer, stream
 from wikigpt_lib.metrics import loss_sums
 from wikigpt_lib.model import GPT
 from wikigpt_lib.text import detokenize as detokenize_text
@@ -88,6 +88,7 @@ def finetune_chat(
     callback: Callable[[dict[str, Any]], None] | None = None,
     run_dir: str | os.PathLike | None = None,
     tokenizer_name: str = "wikitext2-chat",
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Supervised fine-tuning: train `model` in place on (inputs, targets) pairs, with the
     `Trainer` that pretrains (same optimizer, schedule, clipping, precision, early stopping).
@@ -97,8 +98,9 @@ def finetune_chat(
     the held-out loss per assistant token is measured every eval_interval steps and at the
     end (over config.eval_batches batches; None: all of them). With `run_dir`, checkpoints
     are written there as in pretraining, under the tokenizer name `tokenizer_name`, so
-    `load_chat_model(run_dir)` loads the best one and `Trainer.resume` continues the run.
-    callback: called with each optimizer step's train record.
+    `load_chat_model(run_dir)` loads the best one; resume=True continues the run in `run_dir`
+    from its latest checkpoint exactly (same pairs and config; max_steps may grow), and
+    copies the result into `model`. callback: called with each optimizer step's train record.
     Returns the history: {"step", "split": "train" | "val", "loss", ...} records. The model is
     left in eval mode.
     """
@@ -106,12 +108,19 @@ def finetune_chat(
     train = ConversationBatches(train_pairs, pad_id, pack_to=pack_to, seed=config.seed)
     val = ConversationBatches(val_pairs, pad_id) if val_pairs else None
     callbacks = [lambda trainer, record: callback(record)] if callback is not None else []
-    trainer = Trainer(
-        model, train, val, config, run_dir=run_dir, tokenizer_name=tokenizer_name,
-        callbacks=callbacks,
-    )  # fmt: skip
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume=True needs the run_dir of the run to continue.")
+        trainer = Trainer.resume(run_dir, train, val, callbacks=callbacks, **config.to_dict())
+    else:
+        trainer = Trainer(
+            model, train, val, config, run_dir=run_dir, tokenizer_name=tokenizer_name,
+            callbacks=callbacks,
+        )  # fmt: skip
     with trainer:
         result = trainer.fit()
+    if trainer.model is not unwrap_model(model):  # resumed: a model rebuilt from the run
+        model.load_state_dict(trainer.model.state_dict())
     model.eval()
     return result.history
 

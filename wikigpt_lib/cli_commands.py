@@ -247,7 +247,7 @@ def _load_for_inference(path: str, device: str | None):
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from wikigpt_lib.generate import TextStreamer, stream
+    from wikigpt_lib.generation import TextStreamer, stream
 
     if not args.prompt.strip():
         raise ValueError('--prompt is empty: give the text to continue, e.g. --prompt "The river".')

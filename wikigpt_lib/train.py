@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,27 +43,10 @@ from wikigpt_lib.runtime import (
     leave_process_group,
 )
 from wikigpt_lib.train_state import Checkpointing
-from wikigpt_lib.windows import TokenWindows
+from wikigpt_lib.windows import as_batch_source
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDivergedError", "train_model",
            "train_preset"]  # fmt: skip
-
-
-def as_batch_source(data: Any, block_size: int, name: str) -> Any:
-    """`data` as a batch source: a 1-D array of token ids becomes `TokenWindows`; an object
-    with `step_batches` and `eval_batches` is used as it is."""
-    if data is None or (hasattr(data, "step_batches") and hasattr(data, "eval_batches")):
-        return data
-    if not isinstance(data, np.ndarray) or data.ndim != 1:
-        raise TypeError(
-            f"{name} must be a 1-D numpy array of token ids (as tokenize_split returns) or a "
-            "batch source with step_batches() and eval_batches(), e.g. ConversationBatches."
-        )
-    if len(data) < block_size + 1:
-        raise ValueError(
-            f"{name} has {len(data)} tokens, fewer than one window of block_size {block_size} + 1."
-        )
-    return TokenWindows(data, block_size)
 
 
 class TrainingDivergedError(RuntimeError):

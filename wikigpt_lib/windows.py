@@ -7,6 +7,7 @@ epoch_window_starts()   every window once per epoch, in a shuffled order (a func
 iter_eval_batches()     non-overlapping sequential windows for evaluation
 TokenWindowDataset      the same windows as a torch Dataset
 TokenWindows            a split as a batch source for the `Trainer` (see train.py)
+as_batch_source()       token ids -> TokenWindows; other batch sources pass through
 """
 
 from __future__ import annotations
@@ -177,3 +178,20 @@ class TokenWindows:
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         """The split in order, as non-overlapping windows (see `iter_eval_batches`)."""
         return iter_eval_batches(self.data, batch_size, self.block_size)
+
+
+def as_batch_source(data: Any, block_size: int, name: str) -> Any:
+    """`data` as a batch source: a 1-D array of token ids becomes `TokenWindows`; an object
+    with `step_batches` and `eval_batches` is used as it is."""
+    if data is None or (hasattr(data, "step_batches") and hasattr(data, "eval_batches")):
+        return data
+    if not isinstance(data, np.ndarray) or data.ndim != 1:
+        raise TypeError(
+            f"{name} must be a 1-D numpy array of token ids (as tokenize_split returns) or a "
+            "batch source with step_batches() and eval_batches(), e.g. ConversationBatches."
+        )
+    if len(data) < block_size + 1:
+        raise ValueError(
+            f"{name} has {len(data)} tokens, fewer than one window of block_size {block_size} + 1."
+        )
+    return TokenWindows(data, block_size)
