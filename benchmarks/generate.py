@@ -27,11 +27,9 @@ the load average recorded after each case.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,29 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_facts, machine_line  # noqa: E402
 from wikigpt_lib.generation import generate  # noqa: E402
 from wikigpt_lib.model import GPT, GPTConfig  # noqa: E402
 
 PROMPT_LEN = 8
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
 
 
 def load_avg() -> list[float] | None:
@@ -146,8 +126,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"# Generation benchmark ({report['date']})",
         "",
         f"`python benchmarks/generate.py`; every number is in `{path.stem}.json`. Machine: "
-        f"{m['cpu_model']}, {m['cpu_cores']} cores, {m['platform']}, Python {m['python']}, "
-        f"torch {m['torch']}, transformers {m['transformers']}. Load average before {report['load_before']}, after "
+        f"{machine_line(m)}; each row sets its own thread count. "
+        f"Load average before {report['load_before']}, after "
         f"{report['load_after']} (the machine is shared; times are the best of "
         f"{report['repeats']} runs).",
         "",
@@ -224,6 +204,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run, nothing written")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate_cpu"))
     args = parser.parse_args()
+    facts = machine_facts()  # before the thread counts change: torch's default
     load_before = load_avg()
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("cpu")).eval()
@@ -248,7 +229,7 @@ def main() -> None:
             )
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": facts,
         "load_before": load_before,
         "load_after": load_avg(),
         "repeats": repeats,

@@ -21,11 +21,9 @@ results already in the output file (run it a few times when the machine is quiet
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -36,32 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_facts  # noqa: E402
 from wikigpt_lib.model import GPT, GPTConfig  # noqa: E402
 
 # Course-tokenizer tokens in wiki.train.tokens (whole file, encode_ordinary), measured on
 # 2026-11-25; recomputed when WIKIGPT_DATA_DIR is set.
 RECORDED_TRAIN_TOKENS = 2_579_463
 RUN_MINUTES = 15
-
-
-def machine(device: torch.device) -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def load_avg() -> list[float] | None:
@@ -274,7 +253,7 @@ def run(args: argparse.Namespace) -> dict:
     out: dict = {
         "date": "2026-11-25",
         "device": device.type,
-        "machine": machine(device),
+        "machine": machine_facts(device),
         "precision": "bf16 autocast" if not cpu else "fp32",
         "method": (
             "forward+backward+AdamW step on random tokens; every time is the best of several "

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,10 +27,12 @@ from pathlib import Path
 import tiktoken
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from train_course_tokenizer import read_rows  # noqa: E402
 
+from benchmarks.machine import machine_facts  # noqa: E402
 from wikigpt_lib.tokenizer import (  # noqa: E402
     COURSE_TOKENIZER_FILE,
     COURSE_VOCAB_SIZE,
@@ -46,24 +47,6 @@ from wikigpt_lib.tokenizer import (  # noqa: E402
 )
 
 SWEEP_SIZES = (1024, 2048, 4096, 8192, 16384)
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": model,
-        "cpu_cores": os.cpu_count(),
-        "tiktoken": tiktoken.__version__,
-    }
 
 
 def pin_to_one_core() -> str:
@@ -175,7 +158,7 @@ def main() -> int:
 
     result = {
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": machine_facts(),
         "method": f"{pinning}; training: best of {args.runs} runs (the other core may be busy); "
         "encoding: best of 3, single-thread encode_ordinary over the whole validation text",
         "data": {"train_rows": len(train_rows), "valid_bytes": n_bytes, "valid_words": n_words},

@@ -54,7 +54,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.model import Bench, load_avg, machine  # noqa: E402
+from benchmarks.machine import machine_facts, machine_line  # noqa: E402
+from benchmarks.model import Bench, load_avg  # noqa: E402
 from wikigpt_lib.data import count_words, load_wikitext2, tokenize_split  # noqa: E402
 from wikigpt_lib.device import Precision, seed_everything  # noqa: E402
 from wikigpt_lib.metrics import evaluate_loss  # noqa: E402
@@ -297,7 +298,7 @@ def run_throughput(args: argparse.Namespace, device: torch.device) -> dict:
     return {
         "date": today(),
         "device": device.type,
-        "machine": machine(device),
+        "machine": machine_facts(device),
         "peak_gflops": round(peak / 1e9, 1),
         "peak_source": source,
         "method": (
@@ -516,7 +517,7 @@ def run_quality(args: argparse.Namespace, device: torch.device, previous: dict) 
     return {
         "date": today(),
         "device": device.type,
-        "machine": machine(device),
+        "machine": machine_facts(device),
         "budget_s": args.budget_s,
         "data": "wikitext-2-v1; trained on train, evaluated on the whole validation split",
         "validation": stats,
@@ -557,12 +558,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_line(part: dict) -> str:
-    m, log = part["machine"], part["run_log"]
-    where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_cores']} cores"
+def run_line(part: dict) -> str:
+    """When and where a part ran, and the machine's load around it."""
+    log = part["run_log"]
     load = [", ".join(f"{x:.2f}" for x in log[k] or []) for k in ("load_avg_start", "load_avg_end")]
     return (
-        f"Run {part['date']} on {where}; torch {m['torch']}, {m['torch_threads']} threads; "
+        f"Run {part['date']} on {machine_line(part['machine'])}; "
         f"load average (1, 5, 15 min) {load[0]} at the start, {load[1]} at the end."
     )
 
@@ -572,7 +573,7 @@ def throughput_md(part: dict) -> list[str]:
         "",
         f"## Training-step throughput ({part['device']})",
         "",
-        machine_line(part),
+        run_line(part),
         f"Peak: {part['peak_gflops']:,} GFLOP/s ({part['peak_source']}). {part['method']}",
         "",
         "| preset | params | precision | tokens/step | ms/step | tokens/s | GFLOP/s | MFU |",
@@ -601,7 +602,7 @@ def quality_md(part: dict) -> list[str]:
         "",
         f"## The ladder: quality after {part['budget_s']:.0f} s of training ({part['device']})",
         "",
-        machine_line(part),
+        run_line(part),
         f"Validation: {v['words']:,} words, {v['bytes']:,} bytes. Method: {part['method']}.",
         "",
         "Each row adds its change to every row above it (settings in full in the JSON file). "

@@ -1,7 +1,7 @@
 """One training experiment: a preset with changes, for N steps or a time budget, scored on
 the whole validation split. How the presets' settings were explored before the ladder
 (benchmarks/train.py) measured them; every run appends a line to
-benchmarks/results/train_explore.jsonl.
+benchmarks/results/train_explore.jsonl (or to --out).
 
     export WIKIGPT_DATA_DIR=../shared/data/wikitext-2
     python benchmarks/train_explore.py --name q-muon --base cpu-quick --steps 200 --threads 1 \
@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_facts  # noqa: E402
 from benchmarks.train import (  # noqa: E402
     build_trainer,
     eval_metrics,
@@ -49,6 +50,7 @@ ap.add_argument("--budget-s", type=float)
 ap.add_argument("--step-s", type=float, help="known step time (2 threads) for the budget")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--time-only", action="store_true")
+ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/train_explore.jsonl")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 mcfg, tcfg = train_preset(a.base)
@@ -92,7 +94,8 @@ out = {
     "step_s": a.step_s,
     "final_train": r.history[-1]["loss"],
     **{k: m[k] for k in ("val_loss_nats_per_token", "word_ppl", "bits_per_byte")},
+    "machine": machine_facts(dev),
 }
 print(json.dumps(out), flush=True)
-with open(ROOT / "benchmarks/results/train_explore.jsonl", "a") as f:
+with open(a.out, "a") as f:
     f.write(json.dumps(out) + "\n")

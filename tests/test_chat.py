@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import make_tiny_model, make_train_config
 
 from wikigpt_lib.chat import (
     ChatDataError,
@@ -43,7 +44,7 @@ from wikigpt_lib.chat_template import (
 from wikigpt_lib.cli import main
 from wikigpt_lib.cli_chat import chat_repl
 from wikigpt_lib.data import detokenize
-from wikigpt_lib.model import GPT, IGNORE_INDEX, GPTConfig
+from wikigpt_lib.model import IGNORE_INDEX
 from wikigpt_lib.text import to_wikitext
 from wikigpt_lib.tokenizer import EOT, get_tokenizer
 
@@ -69,10 +70,12 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
-def tiny_chat_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=TOK.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=64)
-    return GPT(GPTConfig(**{**cfg, **overrides})).eval()
+CHAT_MODEL = {"vocab_size": TOK.n_vocab, "block_size": 64, "n_embd": 64, "bias": False}
+
+
+def tiny_chat_model(seed=0):
+    """The tiny test GPT with the chat tokenizer's ids, 64 positions and width 64, in eval mode."""
+    return make_tiny_model(seed, **CHAT_MODEL).eval()
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -92,9 +95,8 @@ def test_chat_tokenizer_adds_four_ids_after_the_base_vocabulary():
     assert get_tokenizer("wikitext2-chat")._special_tokens == TOK._special_tokens
 
 
-def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean():
-    torch.manual_seed(0)
-    base = GPT(GPTConfig.preset("tiny")).eval()
+def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean(tiny_preset_model):
+    base = tiny_preset_model
     grown = resize_token_embeddings(base, 8196).eval()
     wte = grown.transformer.wte.weight
     assert grown.config.vocab_size == 8196 and grown.lm_head.weight is wte  # still tied
@@ -403,14 +405,13 @@ FACTS = [
 
 
 def test_tiny_model_fine_tuned_on_four_examples_reproduces_them():
-    from wikigpt_lib.train import TrainConfig
-
     model = tiny_chat_model(seed=1)
     examples = [ChatExample("t", [user(q), assistant(a)]) for q, a in FACTS]
     pairs = encode_examples(examples, TOK, model.config.block_size)
     before = chat_loss(model, pairs, PAD)
-    cfg = TrainConfig(max_steps=80, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=5,
-                      weight_decay=0.0, log_interval=20, eval_interval=40, progress=False)  # fmt: skip
+    cfg = make_train_config(
+        max_steps=80, warmup_steps=5, weight_decay=0.0, log_interval=20, eval_interval=40
+    )
     history = finetune_chat(model, pairs, cfg, pad_id=PAD, val_pairs=pairs)
     assert [r["step"] for r in history if r["split"] == "val"] == [40, 80]
     assert history[-1]["loss"] < 0.05 < before
@@ -518,10 +519,10 @@ def test_saved_chat_model_loads_back(chat_run):
         assert torch.equal(p, q), name
 
 
-def test_plain_checkpoint_is_refused_with_a_clear_error(tmp_path, capsys):
+def test_plain_checkpoint_is_refused_with_a_clear_error(tmp_path, capsys, tiny_preset_model):
     from wikigpt_lib.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "run", model=GPT(GPTConfig.preset("tiny")), state={"step": 1})
+    save_checkpoint(tmp_path / "run", model=tiny_preset_model, state={"step": 1})
     with pytest.raises(ValueError, match="without chat tokens"):
         load_chat_model(tmp_path / "run")
     assert main(["chat", "--checkpoint", str(tmp_path / "run")]) == 2

@@ -11,6 +11,14 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from helpers import (
+    TINY_BLOCK,
+    TINY_VOCAB,
+    make_tiny_config,
+    make_tiny_model,
+    make_train_config,
+    pointer,
+)
 
 from wikigpt_lib import checkpoint as ckpt_mod
 from wikigpt_lib.checkpoint import (
@@ -22,44 +30,15 @@ from wikigpt_lib.checkpoint import (
     save_checkpoint,
 )
 from wikigpt_lib.model import GPT, GPTConfig
-from wikigpt_lib.train import TrainConfig, Trainer
+from wikigpt_lib.train import Trainer
 
-V, T = 64, 16
-SMALL = GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, bias=True)
+V, T = TINY_VOCAB, TINY_BLOCK
 FILES = {"model.safetensors", "config.json", "state.json", "trainer.pt"}
-
-
-def tcfg(**overrides) -> TrainConfig:
-    """A fast, quiet, deterministic CPU TrainConfig."""
-    base = {
-        "max_steps": 4,
-        "batch_size": 4,
-        "lr": 1e-2,
-        "min_lr": 1e-3,
-        "warmup_steps": 1,
-        "eval_interval": 2,
-        "eval_batches": 2,
-        "log_interval": 1,
-        "seed": 0,
-        "device": "cpu",
-        "precision": "fp32",
-        "progress": False,
-    }
-    return TrainConfig(**{**base, **overrides})
-
-
-def small_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(SMALL)
 
 
 def all_of(*words: str) -> str:
     """A regex that matches a text containing every one of `words`, in any order."""
     return "(?s)" + "".join(f"(?=.*{re.escape(w)})" for w in words)
-
-
-def pointer(run_dir, name: str) -> dict:
-    return json.loads((run_dir / f"{name}.json").read_text())
 
 
 def latest_folder(run_dir):
@@ -78,8 +57,8 @@ def save(run_dir, model, step: int, *, is_best: bool, val_loss: float | None = 5
     return save_checkpoint(
         run_dir,
         model=model,
-        model_config=SMALL,
-        train_config=tcfg().to_dict(),
+        model_config=make_tiny_config(),
+        train_config=make_train_config().to_dict(),
         state=state,
         trainer_state=trainer_state,
         tokenizer="wikitext2",
@@ -89,16 +68,10 @@ def save(run_dir, model, step: int, *, is_best: bool, val_loss: float | None = 5
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, V, 4000).astype(np.uint16), rng.integers(0, V, 1000).astype(np.uint16)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data):
+def trained(tmp_path_factory, token_splits, tiny_train_config):
     """A finished 4-step run (checkpoints at steps 2 and 4) and its final model."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    trainer = Trainer(small_model(), *data, tcfg(), run_dir=run)
+    trainer = Trainer(make_tiny_model(), *token_splits, tiny_train_config, run_dir=run)
     trainer.fit()
     return run, trainer.model
 
@@ -112,22 +85,23 @@ def run_copy(trained, tmp_path):
 # --- layout and round trip -------------------------------------------------------------------
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model = small_model()
+def test_save_and_load_round_trip(tmp_path, tiny_config, tiny_train_config):
+    model = make_tiny_model()
     folder = save(tmp_path, model, 10, is_best=True)
     assert folder == tmp_path / "checkpoints" / "step_000010"
     assert {p.name for p in folder.iterdir()} == FILES
     config = json.loads((folder / "config.json").read_text())
     assert (config["format"], config["version"]) == ("wikigpt-checkpoint", 1)
-    assert config["model"] == SMALL.to_dict() and config["train"] == tcfg().to_dict()
+    assert config["model"] == tiny_config.to_dict()
+    assert config["train"] == tiny_train_config.to_dict()
     assert (config["tokenizer"], config["data"]) == ("wikitext2", "random")
     assert json.loads((folder / "state.json").read_text())["step"] == 10
 
     ckpt = load_checkpoint(tmp_path)
     assert isinstance(ckpt, Checkpoint)
     assert ckpt.path == folder
-    assert ckpt.model_config == SMALL
-    assert ckpt.train_config == tcfg().to_dict()
+    assert ckpt.model_config == tiny_config
+    assert ckpt.train_config == tiny_train_config.to_dict()
     assert ckpt.state["step"] == 10 and ckpt.state["tokens_seen"] == 640
     assert (ckpt.tokenizer, ckpt.data) == ("wikitext2", "random")
     for name, tensor in model.state_dict().items():
@@ -140,7 +114,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_pointers_and_pruning(tmp_path):
-    model = small_model()
+    model = make_tiny_model()
     save(tmp_path, model, 10, is_best=True, val_loss=5.0)
     save(tmp_path, model, 20, is_best=False, val_loss=5.0)
     assert pointer(tmp_path, "latest")["checkpoint"].endswith("step_000020")
@@ -159,11 +133,11 @@ def test_pointers_and_pruning(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"latest.json", "best.json", "checkpoints"}
 
 
-def test_load_model_matches_trained_model(trained):
+def test_load_model_matches_trained_model(trained, tiny_config):
     run, trained_model = trained
     model = load_model(run, which="latest")
     assert isinstance(model, GPT) and not model.training
-    assert model.config == SMALL
+    assert model.config == tiny_config
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
     was_training = trained_model.training
@@ -217,7 +191,7 @@ def _patch_writers(monkeypatch, point: str) -> None:
 
 @pytest.mark.parametrize("point", ["safetensors", "torch.save", "os.replace"])
 def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, point):
-    model = small_model()
+    model = make_tiny_model()
     save(tmp_path, model, 10, is_best=True)
     with monkeypatch.context() as m:
         _patch_writers(m, point)
@@ -239,7 +213,7 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, poi
     assert load_checkpoint(tmp_path).state["step"] == 20
 
 
-def test_crash_during_training_checkpoint(tmp_path, monkeypatch, data):
+def test_crash_during_training_checkpoint(tmp_path, monkeypatch, token_splits, tiny_train_config):
     """A crash writing the step-4 checkpoint leaves step 2's in place; resume continues."""
     armed = []
 
@@ -249,14 +223,16 @@ def test_crash_during_training_checkpoint(tmp_path, monkeypatch, data):
             _patch_writers(monkeypatch, "torch.save")
 
     run = tmp_path / "run"
-    trainer = Trainer(small_model(), *data, tcfg(), run_dir=run, callbacks=[arm])
+    trainer = Trainer(
+        make_tiny_model(), *token_splits, tiny_train_config, run_dir=run, callbacks=[arm]
+    )
     with pytest.raises(OSError, match="simulated crash"):
         trainer.fit()
     assert armed
     monkeypatch.undo()
     assert load_checkpoint(run).state["step"] == 2
     assert pointer(run, "latest")["checkpoint"].endswith("step_000002")
-    resumed = Trainer.resume(run, *data)
+    resumed = Trainer.resume(run, *token_splits)
     assert resumed.step == 2
     assert resumed.fit().steps == 4
     assert load_checkpoint(run).state["step"] == 4
@@ -314,7 +290,7 @@ def test_foreign_file(tmp_path, kind):
     if kind == "random bytes":
         path.write_bytes(np.random.default_rng(0).bytes(1000))
     else:
-        torch.save(small_model().state_dict(), path)
+        torch.save(make_tiny_model().state_dict(), path)
     with pytest.raises(CheckpointError, match="not a wikigpt checkpoint"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not a wikigpt checkpoint"):
@@ -357,9 +333,8 @@ def test_shapes_that_do_not_fit(run_copy, change, bad, good):
     assert good not in str(info.value)  # only the tensors that do not fit are listed
 
 
-def test_load_model_and_tokenizer(tmp_path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny")).eval()
+def test_load_model_and_tokenizer(tmp_path, tiny_preset_model):
+    model = tiny_preset_model
     ckpt_mod.save_checkpoint(tmp_path / "run", model=model, state={"step": 1}, is_best=True)
     loaded, enc, ckpt = ckpt_mod.load_model_and_tokenizer(tmp_path / "run")
     assert enc.n_vocab == model.config.vocab_size == 8192 and ckpt.path.name == "step_000001"

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from helpers import make_preset_model
 
 from wikigpt_lib.checkpoint import save_checkpoint
 from wikigpt_lib.course import course_model
 from wikigpt_lib.data import load_corpus
 from wikigpt_lib.device import QUICK_ENV
-from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.model import GPTConfig
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,7 @@ def sample():
 
 @pytest.fixture
 def course_run(tmp_path):
-    torch.manual_seed(3)
-    model = GPT(GPTConfig.preset("tiny"))
+    model = make_preset_model(3)
     state = {"step": 1200, "tokens_seen": 2_457_600, "best_val_loss": 4.9651}
     save_checkpoint(tmp_path / "cpu", model=model, state=state, is_best=True)
     return tmp_path / "cpu", model

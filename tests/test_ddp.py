@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import TINY_BLOCK, make_tiny_model, make_train_config
 
 from wikigpt_lib.checkpoint import load_checkpoint
 from wikigpt_lib.metrics import read_metrics
-from wikigpt_lib.model import GPT, GPTConfig
 from wikigpt_lib.train import TrainConfig, Trainer
 
-V, T, B = 64, 16, 2
-SMALL = GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, bias=True)
+T, B = TINY_BLOCK, 2
 STEPS = 4
 
 SCRIPT = textwrap.dedent(
@@ -60,19 +59,10 @@ SCRIPT = textwrap.dedent(
 
 
 def tcfg(batch_size: int) -> TrainConfig:
-    return TrainConfig(
+    return make_train_config(
         max_steps=STEPS,
         batch_size=batch_size,
-        lr=1e-2,
-        min_lr=1e-3,
-        warmup_steps=1,
-        eval_interval=2,
         eval_batches=None,  # the whole val split: batches of batch_size shared out by rank
-        log_interval=1,
-        seed=0,
-        device="cpu",
-        precision="fp32",
-        progress=False,
     )
 
 
@@ -82,15 +72,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_one_with_double_batch(tmp_path):
+def test_ddp_two_processes_equal_one_with_double_batch(tmp_path, tiny_config, token_splits):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("this PyTorch build has no torch.distributed gloo backend")
-    rng = np.random.default_rng(0)
-    train_ids = rng.integers(0, V, 4000).astype(np.uint16)
-    val_ids = rng.integers(0, V, 1000).astype(np.uint16)
+    train_ids, val_ids = token_splits
     np.save(tmp_path / "train.npy", train_ids)
     np.save(tmp_path / "val.npy", val_ids)
-    spec = {"model": SMALL.to_dict(), "train": tcfg(B).to_dict()}
+    spec = {"model": tiny_config.to_dict(), "train": tcfg(B).to_dict()}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     (tmp_path / "run_ddp.py").write_text(SCRIPT)
 
@@ -106,11 +94,10 @@ def test_ddp_two_processes_equal_one_with_double_batch(tmp_path):
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # the reference: one process, the same global batch
-    torch.manual_seed(0)
+    # the reference: one process, the same global batch (and the same seed-0 initial weights)
     losses = []
     single = Trainer(
-        GPT(SMALL),
+        make_tiny_model(),
         train_ids,
         val_ids,
         tcfg(2 * B),

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_tiny_model, random_tokens
 
 from wikigpt_lib.checkpoint import save_checkpoint
 from wikigpt_lib.cli import main
 from wikigpt_lib.data import count_words, load_corpus, tokenize_split
 from wikigpt_lib.evaluate import evaluate_perplexity, evaluate_split, score_windows
-from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.model import GPT
 from wikigpt_lib.ngram import EOS, UNK, KneserNeyLM, UnigramLM, ngram_baselines, words_of
 from wikigpt_lib.tokenizer import get_tokenizer
 
@@ -24,12 +25,9 @@ needs_real = pytest.mark.skipif(not REAL, reason="WIKIGPT_DATA_DIR is not set: n
 
 
 def tiny(seed: int = 0, dtype: torch.dtype = torch.float64) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig.preset("tiny", vocab_size=64, block_size=16)).to(dtype).eval()
-
-
-def token_ids(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 64, n).astype(np.uint16)
+    """The tiny test GPT without biases (the `tiny` preset's shape at 64 ids and 16 positions),
+    in `dtype`, in eval mode."""
+    return make_tiny_model(seed, bias=False).to(dtype).eval()
 
 
 # --- windows -------------------------------------------------------------------------------
@@ -64,7 +62,7 @@ def _brute_force_nats(model: GPT, ids: np.ndarray, T: int, stride: int) -> float
 
 @pytest.mark.parametrize("stride", [1, 5, 16])
 def test_sliding_windows_equal_a_direct_computation(stride):
-    model, ids = tiny(), token_ids(70)
+    model, ids = tiny(), random_tokens(70)
     r = evaluate_perplexity(model, ids, stride=stride, batch_size=3)
     expected = _brute_force_nats(model, ids, 16, stride)
     assert r["n_tokens"] == 69 and r["stride"] == stride and r["block_size"] == 16
@@ -73,7 +71,7 @@ def test_sliding_windows_equal_a_direct_computation(stride):
 
 
 def test_non_overlapping_windows_equal_the_mean_of_model_losses():
-    model, ids = tiny(dtype=torch.float32), token_ids(16 * 7 + 1)
+    model, ids = tiny(dtype=torch.float32), random_tokens(16 * 7 + 1)
     x = torch.from_numpy(ids.astype(np.int64))
     losses = [
         model(x[None, s : s + 16], x[None, s + 1 : s + 17])[1].item() for s in range(0, 112, 16)
@@ -85,7 +83,7 @@ def test_non_overlapping_windows_equal_the_mean_of_model_losses():
 
 
 def test_a_smaller_block_and_a_short_text():
-    model, ids = tiny(), token_ids(40)
+    model, ids = tiny(), random_tokens(40)
     r = evaluate_perplexity(model, ids, block_size=8, stride=4)
     assert math.isclose(r["total_nats"], _brute_force_nats(model, ids, 8, 4), rel_tol=1e-10)
     short = evaluate_perplexity(model, ids[:6])  # 5 predictions: one window of 5
@@ -94,7 +92,7 @@ def test_a_smaller_block_and_a_short_text():
 
 
 def test_word_perplexity_and_bits_per_byte():
-    model, ids = tiny(), token_ids(50)
+    model, ids = tiny(), random_tokens(50)
     r = evaluate_perplexity(model, ids, n_words=30, n_bytes=200)
     assert math.isclose(r["word_ppl"], math.exp(r["loss"] * r["n_tokens"] / 30), rel_tol=1e-12)
     assert math.isclose(r["bits_per_byte"], r["loss"] * r["n_tokens"] / math.log(2) / 200)
@@ -102,9 +100,8 @@ def test_word_perplexity_and_bits_per_byte():
     assert plain["word_ppl"] is None and plain["bits_per_byte"] is None
 
 
-def test_evaluate_split_counts_words_and_bytes(tmp_path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny")).eval()
+def test_evaluate_split_counts_words_and_bytes(tmp_path, tiny_preset_model):
+    model = tiny_preset_model
     rows = ["", " = Title = \n", "", " Café costs 1 @,@ 000 € , they said . \n", " Bye . \n"]
     enc = get_tokenizer()
     r = evaluate_split(model, rows, enc, use_cache=False)
@@ -128,7 +125,7 @@ def test_evaluate_split_counts_words_and_bytes(tmp_path):
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        evaluate_perplexity(tiny(), token_ids(40), **kwargs)
+        evaluate_perplexity(tiny(), random_tokens(40), **kwargs)
 
 
 def test_bad_ids_and_training_mode():
@@ -138,7 +135,7 @@ def test_bad_ids_and_training_mode():
     with pytest.raises(TypeError, match="integer token ids"):
         evaluate_perplexity(model, np.zeros(10))
     model.train()
-    evaluate_perplexity(model, token_ids(20))
+    evaluate_perplexity(model, random_tokens(20))
     assert model.training  # set back
 
 
@@ -241,10 +238,9 @@ def test_ngram_baselines_on_wikitext2():
 # --- command line --------------------------------------------------------------------------
 
 
-def test_cli_eval(tmp_path, monkeypatch, capsys):
+def test_cli_eval(tmp_path, monkeypatch, capsys, tiny_preset_model):
     monkeypatch.setenv("WIKIGPT_CACHE_DIR", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny")).eval()
+    model = tiny_preset_model
     state = {"step": 1, "best_val_loss": None}
     save_checkpoint(tmp_path / "run", model=model, train_config={}, state=state, is_best=True)
     args = ["eval", "--checkpoint", str(tmp_path / "run"), "--data", "sample"]

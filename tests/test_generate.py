@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import make_preset_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ from wikigpt_lib.generation import (
     top_k_filter,
     top_p_filter,
 )
-from wikigpt_lib.model import GPT, GPTConfig
+from wikigpt_lib.model import GPT
 from wikigpt_lib.tokenizer import get_tokenizer
 
 # The package exports the function `generate`, which hides the module of the same name from
@@ -33,8 +34,8 @@ gen = importlib.import_module("wikigpt_lib.generation")
 
 
 def tiny(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig.preset("tiny", **overrides)).to(dtype).eval()
+    """The `tiny` preset model (see helpers.make_preset_model) in `dtype`, in eval mode."""
+    return make_preset_model(seed, **overrides).to(dtype).eval()
 
 
 def prompt(B: int = 2, T: int = 5, seed: int = 1) -> torch.Tensor:

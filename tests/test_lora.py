@@ -1,8 +1,15 @@
 """LoRA adapters (wikigpt_lib.lora): a no-op at the start, only adapters train, exact merge."""
 
-import numpy as np
 import pytest
 import torch
+from helpers import (
+    TINY_BLOCK,
+    counting_tokens,
+    interrupt_at,
+    make_tiny_config,
+    make_tiny_model,
+    make_train_config,
+)
 from torch import nn
 
 from wikigpt_lib.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -15,20 +22,20 @@ from wikigpt_lib.lora import (
     merge_lora,
     restore_lora,
 )
-from wikigpt_lib.model import GPT, GPTConfig
-from wikigpt_lib.train import TrainConfig, Trainer
+from wikigpt_lib.model import GPT
+from wikigpt_lib.train import Trainer
 
-V, C, L = 64, 32, 2
-CONFIG = GPTConfig(vocab_size=V, block_size=16, n_layer=L, n_head=2, n_embd=C, bias=True)
+TINY = make_tiny_config()
+V, C, L = TINY.vocab_size, TINY.n_embd, TINY.n_layer  # 64 ids, width 32, 2 layers
 
 
 def model(seed: int = 0, **changes) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(CONFIG.replace(**changes)).eval()
+    """A fresh tiny test GPT in eval mode (so that adapter dropout is off)."""
+    return make_tiny_model(seed, **changes).eval()
 
 
 def ids(seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, V, (2, TINY_BLOCK), generator=torch.Generator().manual_seed(seed))
 
 
 def randomize_adapters(m: nn.Module, seed: int = 2) -> None:
@@ -89,15 +96,13 @@ def test_targets_choose_the_layers():
     assert sum(isinstance(mod, LoRALinear) for mod in single.modules()) == L
 
 
-def test_trainer_updates_only_the_adapters():
+def test_trainer_updates_only_the_adapters(tiny_model):
     """The library's Trainer optimizes the trainable parameters only."""
-    m = add_lora(model(), r=4, alpha=8)
+    m = add_lora(tiny_model, r=4, alpha=8)
     frozen = {k: v.clone() for k, v in m.state_dict().items() if "lora_" not in k}
     A0 = m.transformer.h[0].attn.c_attn.lora_A.detach().clone()
-    data = (np.arange(4000) % V).astype(np.uint16)  # a pattern to learn
-    cfg = TrainConfig(
-        max_steps=5, batch_size=4, lr=1e-2, warmup_steps=1, device="cpu", progress=False
-    )
+    data = counting_tokens(4000)  # a pattern to learn
+    cfg = make_train_config(max_steps=5, min_lr=1e-4, seed=1337)  # the run it was written for
     trainer = Trainer(m, data, None, cfg)
     optimized = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     assert optimized == count_parameters(m)[0]
@@ -110,8 +115,8 @@ def test_trainer_updates_only_the_adapters():
     assert not torch.equal(m.transformer.h[0].attn.c_attn.lora_A, A0)
 
 
-def test_merge_is_exact_in_float64():
-    m = add_lora(model().double(), r=4, alpha=8)
+def test_merge_is_exact_in_float64(tiny_model):
+    m = add_lora(tiny_model.double(), r=4, alpha=8)
     randomize_adapters(m)
     with torch.no_grad():
         before, _ = m(ids())
@@ -137,8 +142,8 @@ def test_merge_gives_a_plain_model():
     assert count_parameters(m) == (m.num_params(), m.num_params())
 
 
-def test_merged_model_saves_as_checkpoint_and_export(tmp_path):
-    m = add_lora(model(), r=4)
+def test_merged_model_saves_as_checkpoint_and_export(tmp_path, tiny_model):
+    m = add_lora(tiny_model, r=4)
     randomize_adapters(m)
     with pytest.raises(ValueError, match="merge_lora"):
         m.save_pretrained(tmp_path / "export")
@@ -152,30 +157,19 @@ def test_merged_model_saves_as_checkpoint_and_export(tmp_path):
         torch.testing.assert_close(exported(ids())[0], ref, rtol=0, atol=0)
 
 
-def stop_at(step: int):
-    """A Trainer callback that simulates Ctrl-C right after optimizer step `step`."""
-
-    def callback(trainer, record: dict) -> None:
-        if record["step"] == step:
-            raise KeyboardInterrupt
-
-    return callback
-
-
 def test_an_unmerged_lora_run_loads_and_resumes_exactly(tmp_path):
     """Checkpoints of a model with adapters record them: load_model rebuilds the adapters, and
     a run stopped by Ctrl-C resumes to the same weights as one never stopped."""
-    data = (np.arange(4000) % V).astype(np.uint16)
-    cfg = TrainConfig(
-        max_steps=6, batch_size=4, lr=1e-2, warmup_steps=1, eval_interval=3, eval_batches=1,
-        device="cpu", progress=False,
-    )  # fmt: skip
+    data = counting_tokens(4000)
+    cfg = make_train_config(max_steps=6, eval_interval=3, eval_batches=1)
     straight = add_lora(model(dropout=0.1), r=4, alpha=8, dropout=0.1)
     Trainer(straight, data, data, cfg, run_dir=tmp_path / "a").fit()
 
     stopped = add_lora(model(dropout=0.1), r=4, alpha=8, dropout=0.1)
     run = tmp_path / "b"
-    assert Trainer(stopped, data, data, cfg, run_dir=run, callbacks=[stop_at(4)]).fit().steps == 4
+    assert (
+        Trainer(stopped, data, data, cfg, run_dir=run, callbacks=[interrupt_at(4)]).fit().steps == 4
+    )
     ckpt = load_checkpoint(run, "latest")
     assert ckpt.lora["transformer.h.1.mlp.c_fc"] == {"r": 4, "alpha": 8, "dropout": 0.1}
     resumed = Trainer.resume(run, data, data)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_preset_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from wikigpt_lib.model import GPT, GPTConfig
@@ -35,11 +36,6 @@ def expected_params(c: GPTConfig) -> int:
 def meta_model(config: GPTConfig) -> GPT:
     with torch.device("meta"):  # shapes only, no memory, instant
         return GPT(config)
-
-
-def tiny(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig.preset("tiny", **overrides))
 
 
 # --- GPTConfig ----------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def test_bias_false_means_no_biases():
 
 
 def test_weight_tying_shares_storage():
-    model = tiny()
+    model = make_preset_model()
     assert model.lm_head.weight is model.transformer.wte.weight
     sd = model.state_dict()
     assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
@@ -128,7 +124,7 @@ def test_weight_tying_shares_storage():
 
 
 def test_init_is_deterministic_under_a_seed():
-    a, b, c = tiny(seed=1).state_dict(), tiny(seed=1).state_dict(), tiny(seed=2).state_dict()
+    a, b, c = (make_preset_model(seed=s).state_dict() for s in (1, 1, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(
         a["transformer.h.0.attn.c_attn.weight"], c["transformer.h.0.attn.c_attn.weight"]
@@ -159,7 +155,7 @@ def test_init_statistics():
 
 
 def test_forward_shapes_and_initial_loss():
-    model = tiny()
+    model = make_preset_model()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 8192, (4, 32), generator=g)
     targets = torch.randint(0, 8192, (4, 32), generator=g)
@@ -172,7 +168,7 @@ def test_forward_shapes_and_initial_loss():
 
 
 def test_ignore_index_masks_positions():
-    model = tiny()
+    model = make_preset_model()
     idx = torch.randint(0, 8192, (2, 12))
     targets = torch.randint(0, 8192, (2, 12))
     masked = targets.clone()
@@ -183,7 +179,7 @@ def test_ignore_index_masks_positions():
 
 
 def test_causality():
-    model = tiny().double().eval()
+    model = make_preset_model().double().eval()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 8192, (3, 32), generator=g)
     base, _ = model(idx)
@@ -196,7 +192,7 @@ def test_causality():
 
 
 def test_other_integer_dtypes_are_accepted():
-    model = tiny()
+    model = make_preset_model()
     idx = torch.randint(0, 8192, (2, 8))
     ref, _ = model(idx)
     torch.testing.assert_close(model(idx.int())[0], ref)
@@ -204,7 +200,7 @@ def test_other_integer_dtypes_are_accepted():
 
 
 def test_bad_inputs_are_explained():
-    model = tiny()  # vocab 8192, block 32
+    model = make_preset_model()  # vocab 8192, block 32
     with pytest.raises(TypeError, match=r"dtype torch.float32.*idx.long\(\)"):
         model(torch.zeros(2, 4))
     with pytest.raises(TypeError, match="torch.Tensor"):
@@ -224,7 +220,7 @@ def test_bad_inputs_are_explained():
 
 
 def test_dropout_only_in_training():
-    model = tiny(dropout=0.2)
+    model = make_preset_model(dropout=0.2)
     idx = torch.randint(0, 8192, (2, 16))
     a, b = model(idx)[0], model(idx)[0]
     assert not torch.allclose(a, b)
@@ -238,7 +234,7 @@ def test_flops_estimate_against_flop_counter():
     With the written-out attention (plain matmuls, so the counter sees them) the counter
     counts all T x T scores; the estimate counts the causal half, 6 * n_layer * T * d per token.
     """
-    model = tiny()
+    model = make_preset_model()
     c = model.config
     for block in model.transformer.h:
         block.attn.store_weights = True
@@ -255,7 +251,7 @@ def test_flops_estimate_against_flop_counter():
 
 
 def test_overfits_one_batch():
-    model = tiny(seed=0)
+    model = make_preset_model(seed=0)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 8192, (4, 33), generator=g)
     x, y = idx[:, :-1], idx[:, 1:]
@@ -332,11 +328,10 @@ def test_hf_conversion_errors(hf_model):
         config_from_hf(bad)
 
 
-def test_forward_with_a_cache_equals_the_whole_sequence():
+def test_forward_with_a_cache_equals_the_whole_sequence(tiny_preset_model):
     from wikigpt_lib.attention import KVCache
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny")).eval()
+    model = tiny_preset_model
     idx = torch.randint(0, 8192, (2, 32))
     full, _ = model(idx)
     cache = KVCache(model.config.n_layer, model.config.block_size)

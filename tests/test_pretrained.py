@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from helpers import make_tiny_model
 from safetensors.torch import load_file, save_file
 
 from wikigpt_lib import export, hub, pretrained
@@ -76,8 +77,9 @@ def _ids(seed: int = 2) -> torch.Tensor:
 
 
 def _ours(bias: bool) -> GPT:
-    torch.manual_seed(3)
-    model = GPT(GPTConfig(VOCAB, CTX, n_layer=2, n_head=4, n_embd=N_EMBD, bias=bias)).eval()
+    """The tiny test GPT in the shape of hf_model (with or without biases), perturbed."""
+    shape = {"vocab_size": VOCAB, "block_size": CTX, "n_head": 4, "n_embd": N_EMBD}
+    model = make_tiny_model(3, **shape, bias=bias).eval()
     _perturb(model, seed=4)
     return model
 
@@ -199,9 +201,8 @@ def test_biases_trained_elsewhere_are_kept(tmp_path):
     assert torch.equal(back.transformer.h[1].mlp.c_fc.bias, torch.full((4 * N_EMBD,), 0.5))
 
 
-def test_course_tokenizer_travels_with_the_export(tmp_path):
-    model = GPT(GPTConfig.preset("tiny"))  # vocab 8192: the course tokenizer
-    folder = model.save_pretrained(tmp_path)
+def test_course_tokenizer_travels_with_the_export(tmp_path, tiny_preset_model):
+    folder = tiny_preset_model.save_pretrained(tmp_path)  # vocab 8192: the course tokenizer
     config = json.loads((folder / "config.json").read_text())
     assert config["wikigpt_tokenizer"] == "wikitext2" and config["eos_token_id"] == 8191
     tok = pretrained_tokenizer(folder)

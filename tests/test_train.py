@@ -20,14 +20,24 @@ matplotlib.use("Agg")  # before pyplot is imported anywhere: no display in tests
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    TINY_BLOCK,
+    TINY_VOCAB,
+    counting_tokens,
+    interrupt_at,
+    make_preset_model,
+    make_tiny_config,
+    make_tiny_model,
+    make_train_config,
+    pointer,
+    random_tokens,
+)
 
 from wikigpt_lib.checkpoint import load_checkpoint
 from wikigpt_lib.config import TRAIN_PRESETS
-from wikigpt_lib.data import iter_eval_batches, tokenize_split
+from wikigpt_lib.data import iter_eval_batches
 from wikigpt_lib.metrics import evaluate_loss, plot_losses, read_metrics
 from wikigpt_lib.model import GPT, GPTConfig
-from wikigpt_lib.sample_corpus import sample_wikitext
-from wikigpt_lib.tokenizer import get_tokenizer
 from wikigpt_lib.train import (
     TrainConfig,
     Trainer,
@@ -39,38 +49,14 @@ from wikigpt_lib.train import (
     train_preset,
 )
 
-V, T = 64, 16  # vocabulary and block size of the small test model
-SMALL = GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, bias=True)
+V, T = TINY_VOCAB, TINY_BLOCK  # vocabulary and block size of the tiny test model
 
 
 def tcfg(**overrides) -> TrainConfig:
-    """A fast, quiet, deterministic CPU TrainConfig."""
-    base = {
-        "max_steps": 8,
-        "batch_size": 4,
-        "lr": 1e-2,
-        "min_lr": 1e-3,
-        "warmup_steps": 2,
-        "weight_decay": 0.0,
-        "eval_interval": 4,
-        "eval_batches": 2,
-        "log_interval": 1,
-        "seed": 0,
-        "device": "cpu",
-        "precision": "fp32",
-        "progress": False,
-    }
-    return TrainConfig(**{**base, **overrides})
-
-
-def small_model(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(SMALL.replace(**overrides))
-
-
-def counting(n: int, stride: int = 1) -> np.ndarray:
-    """A stream a model learns in a few steps: each token is the previous one + stride."""
-    return ((np.arange(n) * stride) % V).astype(np.uint16)
+    """make_train_config() with this file's longer run: 8 steps (2 of warmup), an evaluation
+    every 4, and no weight decay."""
+    base = {"max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "weight_decay": 0.0}
+    return make_train_config(**{**base, **overrides})
 
 
 class Recorder:
@@ -87,38 +73,14 @@ class Recorder:
         return [(r["step"], r["loss"]) for r in self.records]
 
 
-def interrupt_at(step: int):
-    """A callback that simulates Ctrl-C right after optimizer step `step`."""
-
-    def callback(trainer, record: dict) -> None:
-        if record["step"] == step:
-            raise KeyboardInterrupt
-
-    return callback
-
-
-def pointer(run_dir, name: str) -> dict:
-    return json.loads((run_dir / f"{name}.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def tokens() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, V, 6000).astype(np.uint16)
+    return random_tokens(6000, seed=0)
 
 
 @pytest.fixture(scope="module")
 def val_tokens() -> np.ndarray:
-    return np.random.default_rng(1).integers(0, V, 2000).astype(np.uint16)
-
-
-@pytest.fixture(scope="module")
-def sample_tokens(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
-    rows, enc = sample_wikitext(), get_tokenizer()
-    cache = tmp_path_factory.mktemp("token_cache")
-    return (
-        tokenize_split(rows["train"], enc, cache_dir=cache),
-        tokenize_split(rows["valid"], enc, cache_dir=cache),
-    )
+    return random_tokens(2000, seed=1)
 
 
 # --- TrainConfig and presets -------------------------------------------------------------------
@@ -208,7 +170,7 @@ def test_linear_and_wsd_shapes():
 
 
 def test_weight_decay_groups():
-    model = small_model()  # bias=True: biases and LayerNorm gains and biases
+    model = make_tiny_model()  # bias=True: biases and LayerNorm gains and biases
     cfg = tcfg(weight_decay=0.1)
     opt = configure_optimizer(model, cfg, "cpu")
     assert isinstance(opt, torch.optim.AdamW)
@@ -231,7 +193,7 @@ def test_weight_decay_groups():
 
 
 def test_evaluate_loss_is_token_mean_and_keeps_mode(val_tokens):
-    model = small_model(dropout=0.3).train()
+    model = make_tiny_model(dropout=0.3).train()
     data = val_tokens[: 7 * T + 1]  # 7 windows: batches of 3, 3 and 1
     got = evaluate_loss(model, data, T, batch_size=3)
     assert model.training  # put back in training mode
@@ -248,12 +210,12 @@ def test_evaluate_loss_is_token_mean_and_keeps_mode(val_tokens):
 # --- the training loop -----------------------------------------------------------------------
 
 
-def test_tiny_batch_overfits(tmp_path, monkeypatch):
+def test_tiny_batch_overfits(tmp_path, monkeypatch, tiny_config):
     """One 16-token window (the only one in the data) is learnt by heart."""
     monkeypatch.chdir(tmp_path)
-    window = np.random.default_rng(0).integers(0, V, T + 1).astype(np.uint16)
+    window = random_tokens(T + 1)
     cfg = tcfg(max_steps=60, warmup_steps=5)
-    result = train_model(SMALL, cfg, window, None)
+    result = train_model(tiny_config, cfg, window, None)
     assert isinstance(result, TrainResult)
     assert result.run_dir is None and not list(tmp_path.iterdir())  # nothing written
     assert (result.steps, result.stopped) == (60, "max_steps")
@@ -264,11 +226,11 @@ def test_tiny_batch_overfits(tmp_path, monkeypatch):
     assert losses[-1] < 0.5 and losses[-1] < 0.1 * losses[0], losses[-1]
 
 
-def test_train_is_deterministic(tokens):
+def test_train_is_deterministic(tokens, tiny_config):
     """train_model() seeds the model init and the batches with cfg.seed."""
-    a = train_model(SMALL, tcfg(max_steps=4), tokens, None)
-    b = train_model(SMALL, tcfg(max_steps=4), tokens, None)
-    c = train_model(SMALL, tcfg(max_steps=4, seed=1), tokens, None)
+    a = train_model(tiny_config, tcfg(max_steps=4), tokens, None)
+    b = train_model(tiny_config, tcfg(max_steps=4), tokens, None)
+    c = train_model(tiny_config, tcfg(max_steps=4, seed=1), tokens, None)
     loss = lambda r: [x["loss"] for x in r.history if x["split"] == "train"]  # noqa: E731
     assert loss(a) == loss(b)
     assert loss(a) != loss(c)
@@ -276,8 +238,7 @@ def test_train_is_deterministic(tokens):
 
 def test_loss_falls_on_sample_corpus(sample_tokens):
     train_ids, val_ids = sample_tokens
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny"))  # the course tokenizer's 8192 ids, block 32
+    model = make_preset_model()  # the course tokenizer's 8192 ids, block 32
     cfg = tcfg(max_steps=30, batch_size=8, warmup_steps=3, eval_interval=30, eval_batches=4)
     trainer = Trainer(model, train_ids, val_ids, cfg)
     val_before = trainer.evaluate()
@@ -302,8 +263,8 @@ def capture_grads(trainer: Trainer) -> list[list[torch.Tensor]]:
 
 
 def test_grad_accumulation_equals_bigger_batch(tokens):
-    accum = Trainer(small_model(), tokens, None, tcfg(batch_size=2, grad_accum_steps=2))
-    whole = Trainer(small_model(), tokens, None, tcfg(batch_size=4, grad_accum_steps=1))
+    accum = Trainer(make_tiny_model(), tokens, None, tcfg(batch_size=2, grad_accum_steps=2))
+    whole = Trainer(make_tiny_model(), tokens, None, tcfg(batch_size=4, grad_accum_steps=1))
     grads_accum, grads_whole = capture_grads(accum), capture_grads(whole)
     start = [p.detach().clone() for p in accum.model.parameters()]
     for _ in range(3):
@@ -339,13 +300,18 @@ def test_resume_equals_uninterrupted_run(tmp_path, tokens, val_tokens, settings)
 
     rec_a = Recorder()
     trainer_a = Trainer(
-        small_model(dropout=0.2), tokens, val_tokens, cfg, run_dir=tmp_path / "a", callbacks=[rec_a]
+        make_tiny_model(dropout=0.2),
+        tokens,
+        val_tokens,
+        cfg,
+        run_dir=tmp_path / "a",
+        callbacks=[rec_a],
     )
     assert trainer_a.fit().stopped == "max_steps"
 
     rec_b = Recorder()
     trainer_b = Trainer(
-        small_model(dropout=0.2),
+        make_tiny_model(dropout=0.2),
         tokens,
         val_tokens,
         cfg,
@@ -375,15 +341,18 @@ def test_resume_equals_uninterrupted_run(tmp_path, tokens, val_tokens, settings)
 def test_with_block_closes_and_skips_the_barrier_after_an_error(tokens, monkeypatch):
     waits = []
     monkeypatch.setattr(Trainer, "close", lambda self, wait=True: waits.append(wait))
-    with Trainer(small_model(), tokens, None, tcfg(max_steps=1)) as trainer:
+    with Trainer(make_tiny_model(), tokens, None, tcfg(max_steps=1)) as trainer:
         assert trainer.fit().steps == 1
-    with pytest.raises(RuntimeError, match="boom"), Trainer(small_model(), tokens, None, tcfg()):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        Trainer(make_tiny_model(), tokens, None, tcfg()),
+    ):
         raise RuntimeError("boom")
     assert waits == [True, False]  # a rank that failed must not wait for its peers
 
 
 def test_ctrl_c_without_run_dir_returns(tokens):
-    result = Trainer(small_model(), tokens, None, tcfg(), callbacks=[interrupt_at(2)]).fit()
+    result = Trainer(make_tiny_model(), tokens, None, tcfg(), callbacks=[interrupt_at(2)]).fit()
     assert (result.stopped, result.steps, result.run_dir) == ("interrupted", 2, None)
 
 
@@ -399,7 +368,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, tokens, val_tokens, bad)
     # log_interval 10 > max_steps: the guard must look at every step, not just logged ones
     cfg = tcfg(max_steps=8, eval_interval=2, log_interval=10)
     run = tmp_path / "run"
-    trainer = Trainer(small_model(), tokens, val_tokens, cfg, run_dir=run, callbacks=[poison])
+    trainer = Trainer(make_tiny_model(), tokens, val_tokens, cfg, run_dir=run, callbacks=[poison])
     with pytest.raises(TrainingDivergedError) as info:
         trainer.fit()
     message = str(info.value)
@@ -416,7 +385,9 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, tokens, val_tokens, bad)
 def test_early_stopping(tmp_path, val_tokens):
     """Train on a counting stream, validate on random tokens: val loss only rises."""
     cfg = tcfg(max_steps=200, eval_interval=2, patience=2, warmup_steps=1)
-    trainer = Trainer(small_model(), counting(4000), val_tokens, cfg, run_dir=tmp_path / "r")
+    trainer = Trainer(
+        make_tiny_model(), counting_tokens(4000), val_tokens, cfg, run_dir=tmp_path / "r"
+    )
     result = trainer.fit()
     assert result.stopped == "early_stop"
     assert result.steps < 20
@@ -433,7 +404,7 @@ def test_metrics_file_and_plot(tmp_path, tokens, val_tokens):
     import matplotlib.pyplot as plt
 
     cfg = tcfg(max_steps=8, log_interval=2, eval_interval=4)
-    result = Trainer(small_model(), tokens, val_tokens, cfg, run_dir=tmp_path / "r").fit()
+    result = Trainer(make_tiny_model(), tokens, val_tokens, cfg, run_dir=tmp_path / "r").fit()
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert read_metrics(tmp_path / "r") == records == result.history
@@ -460,7 +431,7 @@ def test_run_folder_keeps_only_latest_and_best(tmp_path, val_tokens):
     """Val loss rises after the first eval, so best (step 2) and latest (step 12) differ."""
     run = tmp_path / "r"
     cfg = tcfg(max_steps=12, eval_interval=2, warmup_steps=1)
-    result = Trainer(small_model(), counting(4000), val_tokens, cfg, run_dir=run).fit()
+    result = Trainer(make_tiny_model(), counting_tokens(4000), val_tokens, cfg, run_dir=run).fit()
     latest, best = pointer(run, "latest"), pointer(run, "best")
     assert latest["checkpoint"].endswith("step_000012")
     val = [r["loss"] for r in result.history if r["split"] == "val"]
@@ -489,8 +460,9 @@ def test_resume_with_another_thread_count_stays_bit_exact(tmp_path):
     """The cause of a resumed run that differed in the 7th digit: CPU kernels split their sums
     across threads, so a process with another thread count rounds differently. The Trainer
     records the count and resumes with it."""
-    model_cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
-    data = np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16)
+    # wider and longer than the tiny model: big enough sums for the thread split to matter
+    model_cfg = make_tiny_config(vocab_size=512, block_size=64, n_embd=64, bias=False)
+    data = random_tokens(20_000, vocab=512)
     cfg = tcfg(max_steps=6, batch_size=16, eval_interval=100, lr=1e-3, min_lr=1e-4)
     before, threads = torch.get_num_threads(), 2
 
