@@ -11,14 +11,14 @@ sft_batches()             the same batches as an endless iterator
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import tiktoken
@@ -286,18 +286,32 @@ class ConversationBatches:
             raise ValueError("no training pairs: is the data empty, or every example too long?")
         self.pairs, self.pad_id, self.pack_to, self.seed = list(pairs), pad_id, pack_to, seed
         self._rows_before = [0]  # packed: rows in the epochs before epoch e, for e = 0, 1, ...
+        self._cache: dict[tuple[str, int], Any] = {}  # the last few epochs' orders and rows
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs' orders, freed with the source)
-    def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.pairs), generator=g).tolist()
+    def _cached(self, kind: str, epoch: int, make: Callable[[], Any]) -> Any:
+        key = (kind, epoch)
+        if key not in self._cache:
+            if len(self._cache) >= 8:  # a step touches at most two epochs: keep a few
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = make()
+        return self._cache[key]
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019
+    def _order(self, epoch: int) -> list[int]:
+        """Epoch `epoch`'s order of the pairs, from (seed, epoch) alone."""
+
+        def make() -> list[int]:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            return torch.randperm(len(self.pairs), generator=g).tolist()
+
+        return self._cached("order", epoch, make)
+
     def _packed(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return pack_pairs([self.pairs[i] for i in self._order(epoch)], self.pack_to, self.pad_id)
+        """Epoch `epoch`'s pairs, in its order, packed into rows of pack_to tokens."""
+        pairs = [self.pairs[i] for i in self._order(epoch)]
+        return self._cached("rows", epoch, lambda: pack_pairs(pairs, self.pack_to, self.pad_id))
 
     def _row(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed row number k of the endless stream of epochs."""
@@ -344,7 +358,7 @@ def sft_batches(
     """The batches `ConversationBatches` gives the Trainer, step after step (one process, no
     accumulation), as an endless iterator: x, y (B, T)."""
     source = ConversationBatches(pairs, pad_id, pack_to=pack_to, seed=seed)
-    config = type("Steps", (), {"grad_accum_steps": 1, "batch_size": batch_size})
+    config = SimpleNamespace(grad_accum_steps=1, batch_size=batch_size)
     step = 0
     while True:
         yield source.step_batches(step, config, 0, 1, None)[0]
