@@ -1,5 +1,7 @@
 """course_model: load the course run when there is one, else train a seeded stand-in."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import make_preset_model
@@ -60,3 +62,20 @@ def test_the_stand_in_is_seeded_and_takes_a_block_size(tmp_path, monkeypatch, sa
         a.model.state_dict().items(), b.model.state_dict().values(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+def test_the_course_run_is_found_beside_or_above_the_notebooks(tmp_path):
+    """Notebook 05's runs/course first, then the CLI's runs/cpu; from notebooks/ they are
+    one folder up; with neither, the folder notebook 05 would write."""
+    from wikigpt_lib.course import course_run_dir
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    assert course_run_dir(notebooks) == Path("..") / "runs" / "course"
+    assert course_run_dir(tmp_path) == Path("runs") / "course"
+    for name in ("cpu", "course"):  # the CLI's run alone, then both
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "latest.json").write_text("{}")
+        expected = Path("..") / "runs" / name
+        assert course_run_dir(notebooks) == expected
+        assert course_run_dir(tmp_path) == Path("runs") / name

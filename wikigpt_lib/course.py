@@ -1,13 +1,13 @@
 """The course model for the notebooks after training (06 generation, 07 evaluation, 09 chat).
 
-Those notebooks study a model that has already been trained: the best checkpoint of
-`wikigpt train --preset cpu --out runs/cpu`. Where that run folder does not exist (a fresh
-clone, Colab) they must still run top to bottom, so `course_model` trains a stand-in on the
-spot: in quick mode (`WIKIGPT_QUICK=1`, the test runs) a tiny model for 30 steps, otherwise
-the `cpu-quick` preset, about a minute on a laptop.
+Those notebooks study a model that has already been trained: the one notebook 05 trains into
+`runs/course`, or the one `wikigpt train --preset cpu --out runs/cpu` trains. Where neither run
+folder exists (a fresh clone, Colab) they must still run top to bottom, so `course_model`
+trains a stand-in on the spot: in quick mode (`WIKIGPT_QUICK=1`, the test runs) a tiny model
+for 30 steps, otherwise the `cpu-quick` preset, about a minute on a laptop, and says so.
 
-    from wikigpt_lib.course import course_model
-    course = course_model("../runs/cpu")
+    from wikigpt_lib.course import course_model, course_run_dir
+    course = course_model(course_run_dir())
     model = course.model          # a GPT in eval mode
     print(course.description)     # where it came from, in words
 """
@@ -33,7 +33,9 @@ from wikigpt_lib.train import Trainer
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
-DEFAULT_RUN_DIR = Path("runs") / "cpu"  # where `wikigpt train --preset cpu` is told to write
+# Where the course model is looked for: notebook 05's run first, then the CLI's.
+COURSE_RUNS = (Path("runs") / "course", Path("runs") / "cpu")
+DEFAULT_RUN_DIR = COURSE_RUNS[0]
 
 # Quick mode trains for seconds: enough for every notebook cell to run, not to learn much.
 QUICK_TRAIN = TrainConfig(
@@ -52,6 +54,21 @@ class CourseModel:
     step: int  # optimizer steps it was trained for
     tokens_seen: int  # training tokens it was trained on
     best_val_loss: float | None  # the validation loss of the checkpoint (None if not measured)
+
+
+def course_run_dir(start: str | os.PathLike | None = None) -> Path:
+    """The run folder of the course model: `runs/course` (notebook 05 trains it there) or
+    `runs/cpu` (`wikigpt train --preset cpu --out runs/cpu`), looked for in `start` (default:
+    the current folder) and, as the notebooks run in `notebooks/` and `solutions/`, in its
+    parent. Returned relative to `start`; when none exists, where notebook 05 would write."""
+    start = Path.cwd() if start is None else Path(start)
+    in_course_folder = start.resolve().name in ("notebooks", "solutions")
+    root = Path("..") if in_course_folder else Path(".")
+    for base in dict.fromkeys([Path("."), Path("..")]):
+        for run in COURSE_RUNS:
+            if (start / base / run / "latest.json").is_file():
+                return base / run
+    return root / COURSE_RUNS[0]
 
 
 def course_model(
@@ -84,7 +101,10 @@ def course_model(
         description = "a tiny model trained here for 30 steps (quick mode)"
     else:
         model_config, train_config = train_preset("cpu-quick", progress=False)
-        description = f"the cpu-quick preset, trained here because {run_dir} was not found"
+        description = (
+            f"the cpu-quick preset, trained here because {run_dir} was not found: run "
+            "notebook 05 (or `wikigpt train --preset cpu --out runs/cpu`) for the real one"
+        )
     if block_size is not None:
         model_config = model_config.replace(block_size=block_size)
     torch.manual_seed(train_config.seed)
