@@ -28,7 +28,7 @@ LAYERS = [
     ("07 evaluation", {"evaluate", "ngram"}),
     ("08 GPT-2, LoRA", {"hub", "lora", "pretrained", "export"}),
     ("09 chat", {"chat_template", "chat_data", "chat"}),
-    ("the command line", {"cli_chat", "cli_commands", "cli", "__main__"}),
+    ("the command line", {"cli_chat", "demo_views", "demo", "cli_commands", "cli", "__main__"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 MAX_LINES = 420

@@ -32,6 +32,7 @@ imports only from the layers above it in this list, never from below (docs/archi
     chat_data       fine-tuning conversations and their batches                 (09)
     chat            chat fine-tuning (on the Trainer), saving, replies          (09)
     cli, cli_commands, cli_chat    the `wikigpt` command                        (top)
+    demo_views, demo               the web demo (`wikigpt demo`, demo.show())   (top)
 """
 
 # Chapter 08 and 09 modules extend earlier ones when imported (GPT.from_pretrained,

@@ -11,6 +11,7 @@ wikigpt generate --checkpoint runs/cpu --prompt "The river" --max-new-tokens 100
 wikigpt eval --checkpoint runs/cpu --split test
                                      loss, token and word perplexity, bits per byte
 wikigpt chat --checkpoint runs/chat  talk to a chat-tuned model (notebook 09); /exit or Ctrl-D
+wikigpt demo --checkpoint runs/chat  the same in a web page (Gradio, the [demo] extra)
 """
 
 from __future__ import annotations
@@ -145,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     p.set_defaults(func=commands.cmd_chat)
+
+    p = sub.add_parser(
+        "demo",
+        help="a web page to generate text and chat with a model (needs the [demo] extra)",
+        description="Serve a web demo of a checkpoint (Gradio; pip install 'wikigpt-lib[demo]'): "
+        "a Generate tab that streams the continuation of a prompt, and for a chat model a Chat "
+        "tab. It listens on 127.0.0.1, this machine only, unless --host says otherwise; Ctrl-C "
+        "stops it.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--port", type=int, default=None, help="default: 7860, or the next free port")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0: every network interface)",
+    )
+    p.add_argument("--share", action="store_true", help="also a temporary public gradio.live link")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    p.set_defaults(func=commands.cmd_demo)
     return parser
 
 

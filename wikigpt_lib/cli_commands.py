@@ -338,3 +338,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wikigpt_lib.demo import build_app, launch, require_gradio
+
+    # Everything that can fail is checked before the server starts: the checkpoint, Gradio.
+    model, enc, _ = _load_for_inference(args.checkpoint, args.device)
+    require_gradio()
+    app = build_app(model, enc, name=args.checkpoint)
+    url, share_url = launch(app, host=args.host, port=args.port, share=args.share, quiet=True)
+    print(
+        f"{args.checkpoint}: {model.num_params():,} parameters, context "
+        f"{model.config.block_size} tokens, tokenizer {enc.name}\n"
+        f"the demo is at {url}{f' and {share_url}' if share_url else ''} (Ctrl-C stops it)",
+        flush=True,
+    )
+    app.block_thread()  # until Ctrl-C, which closes the server
+    return 0
