@@ -26,7 +26,10 @@ LAYERS = [
     ),
     ("06 generation", {"generation"}),
     ("07 evaluation", {"evaluate", "ngram"}),
-    ("08 GPT-2, LoRA", {"hub", "lora", "pretrained", "export"}),
+    (
+        "08 GPT-2, Hugging Face, LoRA",
+        {"hub", "lora", "pretrained", "hf_tokenizer", "model_card", "export"},
+    ),
     ("09 chat", {"chat_template", "chat_data", "chat"}),
     ("the command line", {"cli_chat", "demo_views", "demo", "cli_commands", "cli", "__main__"}),
 ]

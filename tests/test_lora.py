@@ -20,6 +20,7 @@ from wikigpt_lib.lora import (
     lora_settings,
     lora_state_dict,
     merge_lora,
+    merged_state_dict,
     restore_lora,
 )
 from wikigpt_lib.model import GPT
@@ -145,8 +146,12 @@ def test_merge_gives_a_plain_model():
 def test_merged_model_saves_as_checkpoint_and_export(tmp_path, tiny_model):
     m = add_lora(tiny_model, r=4)
     randomize_adapters(m)
-    with pytest.raises(ValueError, match="merge_lora"):
-        m.save_pretrained(tmp_path / "export")
+    # exporting a LoRA model writes the merged weights and leaves the adapters in place
+    early = GPT.from_pretrained(m.save_pretrained(tmp_path / "early"))
+    assert lora_settings(m) is not None
+    with torch.no_grad():
+        torch.testing.assert_close(early(ids())[0], m(ids())[0], rtol=0, atol=1e-6)
+    assert merged_state_dict(m).keys() == model().state_dict().keys()
     merge_lora(m)
     with torch.no_grad():
         ref, _ = m(ids())

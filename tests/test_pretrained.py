@@ -267,9 +267,16 @@ def test_unknown_name_offline_fails_fast_with_advice(tmp_path):
     assert time.perf_counter() - start < 5
     message = str(err.value)
     assert isinstance(err.value, OSError)
-    for part in ("gpt2 (openai-community/gpt2)", "cannot be reached", str(tmp_path), "HF_HOME"):
+    for part in ("gpt2 (openai-community/gpt2)", str(tmp_path), "HF_HOME"):
         assert part in message
     assert "GPT.from_pretrained('path/to/folder')" in message
+    # What was tried depends on the mode: with HF_HUB_OFFLINE set the hub is skipped without
+    # a probe; without it the probe (which this file's no_network fixture fails) finds no hub.
+    if hub._offline_mode():
+        assert "skipped, HF_HUB_OFFLINE is set" in message and "cannot be reached" not in message
+    else:
+        assert "cannot be reached" in message and "HF_HUB_OFFLINE" not in message
+    assert "no config.json of openai-community/gpt2" in message  # the cache had nothing
 
 
 def test_offline_mode_searches_only_the_cache(monkeypatch, tmp_path):
@@ -280,17 +287,28 @@ def test_offline_mode_searches_only_the_cache(monkeypatch, tmp_path):
 
 
 def test_connection_lost_during_download(monkeypatch, tmp_path):
-    """The hub answered the probe, then the download failed and the cache had nothing."""
+    """Online: the hub answered the probe, then the download failed and the cache had nothing.
+    With HF_HUB_OFFLINE set no download is tried at all: only the cache is searched."""
     from huggingface_hub.utils import LocalEntryNotFoundError
 
+    calls = []
+
     def fail(repo_id, filename, **kwargs):
-        assert not kwargs["local_files_only"]
+        calls.append(kwargs["local_files_only"])
         raise LocalEntryNotFoundError("connection error, and the file is not in the cache")
 
     monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
     monkeypatch.setattr(hub, "_download", fail)
-    with pytest.raises(PretrainedUnavailableError, match="LocalEntryNotFoundError"):
+    with pytest.raises(PretrainedUnavailableError) as err:
         GPT.from_pretrained("gpt2-xl", cache_dir=tmp_path)
+    message = str(err.value)
+    if hub._offline_mode():
+        assert calls == [True]  # the cache only, and it lacks config.json
+        assert "HF_HUB_OFFLINE is set" in message
+        assert f"the hub cache {tmp_path}: no config.json of openai-community/gpt2-xl" in message
+    else:
+        assert calls == [False]  # a download, which failed
+        assert "LocalEntryNotFoundError" in message and "connection error" in message
 
 
 def test_a_hub_repo_without_safetensors(monkeypatch, tmp_path, hf_folder):

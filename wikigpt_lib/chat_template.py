@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import tiktoken
 
+from wikigpt_lib.hf_tokenizer import register_chat_template
 from wikigpt_lib.tokenizer import get_tokenizer, register_tokenizer_variant
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
@@ -170,5 +171,26 @@ def parse_chat(ids: Sequence[int], tok: tiktoken.Encoding) -> list[Message]:
     return check_messages(messages)
 
 
-# Checkpoints of chat models record "wikitext2-chat": get_tokenizer builds it through this.
+# The same template in Jinja, for Hugging Face's `tokenizer.apply_chat_template`: an exported
+# chat model's tokenizer_config.json holds it, and it gives the ids of `encode_chat` for
+# messages whose text holds no special token's string (transformers reads such a string as
+# the special token, encode_chat as plain text). Like check_messages, it refuses an unknown
+# role and a system message after the first.
+HF_CHAT_TEMPLATE = """\
+{%- for message in messages %}
+    {%- if message['role'] == 'system' and not loop.first %}
+        {{- raise_exception('a system message may only come first') }}
+    {%- endif %}
+    {%- if message['role'] == 'system' %}{{- '<|system|>' }}
+    {%- elif message['role'] == 'user' %}{{- '<|user|>' }}
+    {%- elif message['role'] == 'assistant' %}{{- '<|assistant|>' }}
+    {%- else %}{{- raise_exception('role ' ~ message['role'] ~ ': use system, user or assistant') }}
+    {%- endif %}
+    {{- ' ' ~ message['content'] ~ '<|end|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}"""
+
+# Checkpoints of chat models record "wikitext2-chat": get_tokenizer builds it through this,
+# and an export writes HF_CHAT_TEMPLATE beside it.
 register_tokenizer_variant(CHAT_SUFFIX, get_chat_tokenizer)
+register_chat_template(CHAT_SUFFIX, len(CHAT_TOKENS), HF_CHAT_TEMPLATE)

@@ -12,6 +12,9 @@ wikigpt eval --checkpoint runs/cpu --split test
                                      loss, token and word perplexity, bits per byte
 wikigpt chat --checkpoint runs/chat  talk to a chat-tuned model (notebook 09); /exit or Ctrl-D
 wikigpt demo --checkpoint runs/chat  the same in a web page (Gradio, the [demo] extra)
+wikigpt export --checkpoint runs/cpu --out my-gpt
+                                     the model in the Hugging Face format, with its tokenizer
+                                     and a model card (transformers loads it)
 """
 
 from __future__ import annotations
@@ -165,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also a temporary public gradio.live link")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     p.set_defaults(func=commands.cmd_demo)
+
+    p = sub.add_parser(
+        "export",
+        help="a trained model in the Hugging Face format, with its tokenizer and a model card",
+        description="Export the best checkpoint of a run (LoRA adapters merged) for "
+        "transformers: GPT2LMHeadModel weights and config, the tokenizer (AutoTokenizer gives "
+        "the course tokenizer's ids; a chat model's has its chat template), and a README.md "
+        "that states the data, the training recipe and the measured validation loss.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="folder to write the export to")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(func=commands.cmd_export)
     return parser
 
 

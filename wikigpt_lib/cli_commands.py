@@ -356,3 +356,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     app.block_thread()  # until Ctrl-C, which closes the server
     return 0
+
+
+def _check_export_folder(out: Path, force: bool) -> None:
+    """Write into an empty or new folder; with --force also over an earlier export (never
+    into a folder that holds something else, such as a run or a checkpoint)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder to export to.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        is_export = isinstance(config, dict) and "model_type" in config
+    except (OSError, ValueError):
+        is_export = False
+    if not is_export:
+        raise ValueError(
+            f"{out} is not empty and holds no exported model, so nothing will be written into "
+            "it: choose another --out."
+        )
+    if not force:
+        raise ValueError(
+            f"{out} already holds an exported model: pass --force to replace it, or choose "
+            "another --out."
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from wikigpt_lib.export import export_checkpoint
+
+    out = Path(args.out).expanduser()
+    _check_export_folder(out, args.force)
+    start = time.perf_counter()
+    folder = export_checkpoint(args.checkpoint, out)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    print(
+        f"exported {args.checkpoint} ({config['n_layer']} layers, width {config['n_embd']}, "
+        f"context {config['n_positions']}, tokenizer {config['wikigpt_tokenizer']}) to "
+        f"{folder} in {time.perf_counter() - start:.1f} s:"
+    )
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            print(f"  {path.name:<28} {path.stat().st_size:>13,} bytes")
+    loaders = "AutoModelForCausalLM" + (
+        " and AutoTokenizer" if (folder / "tokenizer.json").is_file() else ""
+    )
+    print(f"load it with transformers' {loaders}.from_pretrained({str(folder)!r})")
+    print(f"model card: {folder / 'README.md'}")
+    return 0

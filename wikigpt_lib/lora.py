@@ -13,6 +13,7 @@ a plain GPT again, as fast as the original and exportable with `save_pretrained`
 
 add_lora(model)          wrap the attention and MLP projections in LoRALinear, freeze the rest
 merge_lora(model)        fold the adapters into the weights, back to plain nn.Linear layers
+merged_state_dict(model) the weights merge_lora would give, the model left as it is
 count_parameters(model)  (trainable, total) parameters
 lora_state_dict(model)   only the adapter weights (what a LoRA fine-tune has to store)
 lora_settings(model)     the adapters' layers and settings as JSON, for checkpoints
@@ -192,6 +193,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict `merge_lora` would leave, computed without changing `model`: each
+    adapted layer's weight is W + alpha / r · B A, the adapters' own tensors are left out.
+    (Exporting a LoRA model uses it, so the model keeps its adapters and can train on.)"""
+    sd = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            del sd[f"{name}.lora_A"], sd[f"{name}.lora_B"]
+            sd[f"{name}.weight"] = module.merged().weight.detach()
+    return sd
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

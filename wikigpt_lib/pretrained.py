@@ -261,7 +261,8 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike, **fetch_kwargs: Any):
     """The tokenizer (a `tiktoken.Encoding`) that a pretrained model's token ids come from:
     GPT-2's for OpenAI's models and GPT-2 checkpoints (vocab 50,257), the one named by the
     `wikigpt_tokenizer` key of an exported model's config.json otherwise (the course
-    tokenizer is read from the ranks file beside the weights when there is one)."""
+    tokenizer is read from the ranks file beside the weights when there is one; a variant
+    such as "wikitext2-chat" is built by `get_tokenizer`)."""
     from wikigpt_lib.tokenizer import COURSE_TOKENIZER_FILE, get_tokenizer, load_bpe
 
     if str(name_or_path) in HUB_IDS and not Path(name_or_path).is_dir():
@@ -275,11 +276,14 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike, **fetch_kwargs: Any):
         and hf_config.get("vocab_size") == 50257
     ):
         name = "gpt2"  # a GPT-2 checkpoint from elsewhere
-    if name == "gpt2":
-        return get_tokenizer("gpt2")
     if name == "wikitext2":
         ranks = folder / COURSE_TOKENIZER_FILE
         return load_bpe(ranks) if ranks.is_file() else get_tokenizer("wikitext2")
+    if isinstance(name, str):
+        try:
+            return get_tokenizer(name)
+        except ValueError as err:
+            raise ValueError(f"{folder / CONFIG_FILE} names the tokenizer {name!r}: {err}") from err
     raise ValueError(
         f"{folder / CONFIG_FILE} does not say which tokenizer the model uses; load the one it "
         "was trained with yourself."
