@@ -3,6 +3,7 @@
 import atexit
 import os
 import shutil
+import socket
 import tempfile
 
 import numpy as np
@@ -89,3 +90,14 @@ def sample_tokens(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
         tokenize_split(rows["train"], enc, cache_dir=cache),
         tokenize_split(rows["valid"], enc, cache_dir=cache),
     )
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any test that tries to open a connection (the tests must pass offline)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

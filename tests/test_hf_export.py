@@ -11,7 +11,6 @@ are at hand (TIKTOKEN_CACHE_DIR); the tests never download them.
 
 import json
 import os
-import socket
 
 import pytest
 import tiktoken
@@ -55,13 +54,7 @@ PROPERTY = settings(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to reach the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest.py: every test runs offline
 
 
 def _model(config: GPTConfig, seed: int = 0, scale: float = 0.0) -> GPT:
