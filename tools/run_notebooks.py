@@ -36,8 +36,15 @@ def clean(nb: nbformat.NotebookNode) -> None:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
         if cell.cell_type != "code":
             continue
-        for out in cell.get("outputs", []):
+        # Widget outputs (tqdm's progress bars in a notebook) are dropped: their state is not
+        # kept, and their text fallback is their first frame ("0%"), which would mislead.
+        cell.outputs = [o for o in cell.get("outputs", []) if not _is_widget(o)]
+        for out in cell.outputs:
             out.get("metadata", {}).pop("execution", None)
+
+
+def _is_widget(output: nbformat.NotebookNode) -> bool:
+    return "application/vnd.jupyter.widget-view+json" in output.get("data", {})
 
 
 def run(path: Path, timeout: int) -> None:
