@@ -11,6 +11,7 @@ sft_batches()             the same batches as an endless iterator
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -310,15 +311,19 @@ class ConversationBatches:
 
     def _packed(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Epoch `epoch`'s pairs, in its order, packed into rows of pack_to tokens."""
-        pairs = [self.pairs[i] for i in self._order(epoch)]
-        return self._cached("rows", epoch, lambda: pack_pairs(pairs, self.pack_to, self.pad_id))
+
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            pairs = [self.pairs[i] for i in self._order(epoch)]
+            return pack_pairs(pairs, self.pack_to, self.pad_id)
+
+        return self._cached("rows", epoch, make)  # built once per epoch, not once per row
 
     def _row(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed row number k of the endless stream of epochs."""
         while self._rows_before[-1] <= k:  # count the rows of one more epoch
             epoch = len(self._rows_before) - 1
             self._rows_before.append(self._rows_before[-1] + len(self._packed(epoch)[0]))
-        epoch = next(e for e, n in enumerate(self._rows_before[1:]) if k < n)
+        epoch = bisect.bisect_right(self._rows_before, k) - 1
         xs, ys = self._packed(epoch)
         return xs[k - self._rows_before[epoch]], ys[k - self._rows_before[epoch]]
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wikigpt_lib.base import write_atomic
 from wikigpt_lib.device import Precision
 from wikigpt_lib.model import IGNORE_INDEX
 from wikigpt_lib.windows import iter_eval_batches
@@ -125,9 +126,8 @@ class RunLog:
             return []
         path = self.run_dir / "metrics.jsonl"
         kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step]
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return kept
 
 
