@@ -6,12 +6,17 @@ reader sees real results on GitHub, and nbval compares later runs against them.
     WIKIGPT_DATA_DIR=../shared/data/wikitext-2 TIKTOKEN_CACHE_DIR=../shared/data/tiktoken-cache \\
         python tools/run_notebooks.py notebooks/01_tokenization.ipynb solutions/01_*.ipynb
 
-`--clean-only` strips metadata without executing.
+`--clean-only` strips metadata without executing. `--sample` runs a copy instead, without
+the real data (the built-in sample corpus, as on an offline machine), and leaves the file as
+it is. Each run's total time and its time to first result (the end of the first code cell
+that shows something) are printed and, with `--times FILE`, appended to FILE as JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import sys
 import time
@@ -47,34 +52,67 @@ def _is_widget(output: nbformat.NotebookNode) -> bool:
     return "application/vnd.jupyter.widget-view+json" in output.get("data", {})
 
 
-def run(path: Path, timeout: int) -> None:
+def first_result_seconds(nb: nbformat.NotebookNode, start: float) -> float | None:
+    """Seconds from `start` to the end of the first code cell with a visible output."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.get("outputs"):
+            reply = cell.metadata.get("execution", {}).get("shell.execute_reply")
+            if reply:
+                return dt.datetime.fromisoformat(reply.replace("Z", "+00:00")).timestamp() - start
+    return None
+
+
+def run(path: Path, timeout: int, sample: bool = False, times: Path | None = None) -> None:
+    """Execute `path` top to bottom (in place, or a throwaway copy with `sample`)."""
     nb = nbformat.read(path, as_version=4)
     if os.environ.get("WIKIGPT_QUICK", "0") not in ("", "0"):
         sys.exit("Unset WIKIGPT_QUICK: committed outputs come from a full run.")
+    # --sample: as on a fresh offline machine, without the data and the GPT-2 tokenizer files
+    hidden = ("WIKIGPT_DATA_DIR", "TIKTOKEN_CACHE_DIR") if sample else ()
+    env_backup = {k: os.environ.pop(k) for k in hidden if k in os.environ}
     start = time.time()
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
-        record_timing=False,
+        record_timing=True,
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        os.environ.update(env_backup)
+    seconds = time.time() - start
+    first = first_result_seconds(nb, start)
     clean(nb)
-    nbformat.write(nb, path)
-    size = path.stat().st_size
-    print(f"{path}: ran in {time.time() - start:.0f} s, {size / 1e3:.0f} KB")
-    if size > 2_000_000:
-        print(f"  warning: {path} is over 2 MB; shrink its figures or outputs")
+    data = "the built-in sample corpus" if sample else "WikiText-2"
+    if not sample:
+        nbformat.write(nb, path)
+    size = len(nbformat.writes(nb).encode()) + 1
+    print(f"{path}: ran in {seconds:.0f} s on {data}, first result after {first or 0:.1f} s, "
+          f"{size / 1e3:.0f} KB")  # fmt: skip
+    if size > 250_000:
+        print(f"  warning: {path} is over 250 KB; shrink its figures or outputs")
+    if times is not None:
+        record = {
+            "notebook": str(path), "data": "sample" if sample else "wikitext-2",
+            "seconds": round(seconds, 1), "first_result_s": first and round(first, 1),
+            "kb": round(size / 1e3), "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "date": dt.date.today().isoformat(),
+        }  # fmt: skip
+        with times.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--clean-only", action="store_true")
+    parser.add_argument("--sample", action="store_true", help="run a copy on the sample corpus")
+    parser.add_argument("--times", type=Path, help="append each run's timings to this file")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     args = parser.parse_args()
-    if not args.clean_only and "WIKIGPT_DATA_DIR" not in os.environ:
+    if not (args.clean_only or args.sample) and "WIKIGPT_DATA_DIR" not in os.environ:
         sys.exit("Set WIKIGPT_DATA_DIR to the real WikiText-2 files first.")
     for path in args.paths:
         if args.clean_only:
@@ -82,7 +120,7 @@ def main() -> None:
             clean(nb)
             nbformat.write(nb, path)
         else:
-            run(path, args.timeout)
+            run(path, args.timeout, sample=args.sample, times=args.times)
 
 
 if __name__ == "__main__":
