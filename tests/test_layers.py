@@ -15,7 +15,7 @@ import wikigpt_lib
 PACKAGE = Path(wikigpt_lib.__file__).parent
 # Each module may import only from its own layer or the layers before it (docs/architecture.md).
 LAYERS = [
-    ("shared", {"base", "device"}),
+    ("shared", {"base", "device", "diagrams"}),
     ("01 tokenization", {"tokenizer"}),
     ("02 data", {"sample_corpus", "text", "windows", "data"}),
     ("03 attention", {"attention"}),

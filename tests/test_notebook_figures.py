@@ -1,8 +1,10 @@
-"""Images in the notebooks' markdown: every local link points to a small file that exists.
+"""Pictures in the notebooks: every diagram shown exists, is small, is used, and was shown.
 
-The diagrams live in notebooks/figures/ and are drawn by tools/draw_diagrams.py; markdown cells
-link them relatively (`![...](figures/attention.png)`), so a renamed or deleted file would
-show up only as a broken picture. These tests catch that without running any notebook.
+The diagrams are PNG files in wikigpt_lib/assets/diagrams/, drawn by tools/draw_diagrams.py
+and shown from code cells with `show_diagram("name")`: a stored cell output renders in
+JupyterLab, on GitHub and in Colab, where a markdown link to a local file does not render in
+Colab. These tests catch a renamed or deleted diagram, a markdown image link that would break
+in Colab, and a diagram cell stored without its picture, without running any notebook.
 """
 
 import json
@@ -11,29 +13,30 @@ from pathlib import Path
 
 import pytest
 
+from wikigpt_lib.diagrams import DIAGRAMS, diagram_bytes, diagram_names, show_diagram
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("solutions/*.ipynb")])
-FIGURES = ROOT / "notebooks" / "figures"
-MAX_BYTES = 200 * 1024
+MAX_BYTES = 64 * 1024
 
+SHOW = re.compile(r"""show_diagram\(\s*["'](\w+)["']\s*\)""")
 # ![alt](target) or ![alt](target "title"), and <img src="target">
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*([^)\s]+)(?:\s+\"[^\"]*\")?\s*\)")
 HTML_IMAGE = re.compile(r"<img\s[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
 
 
-def image_links(notebook: Path) -> list[str]:
-    """Targets of the images in a notebook's markdown cells."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    links = []
-    for cell in cells:
-        if cell["cell_type"] == "markdown":
-            text = "".join(cell["source"])
-            links += MARKDOWN_IMAGE.findall(text) + HTML_IMAGE.findall(text)
-    return links
+def cells(notebook: Path) -> list[dict]:
+    return json.loads(notebook.read_text(encoding="utf-8"))["cells"]
 
 
-def is_local(link: str) -> bool:
-    return not re.match(r"^(https?:|data:|attachment:)", link)
+def shown(notebook: Path) -> list[tuple[str, dict]]:
+    """(diagram name, code cell) for every show_diagram call in the notebook."""
+    return [
+        (name, cell)
+        for cell in cells(notebook)
+        if cell["cell_type"] == "code"
+        for name in SHOW.findall("".join(cell["source"]))
+    ]
 
 
 def test_the_patterns_find_images():
@@ -42,26 +45,42 @@ def test_the_patterns_find_images():
     )
     assert MARKDOWN_IMAGE.findall(text) == ["figures/a.png", "b.png", "https://x/y.svg"]
     assert HTML_IMAGE.findall(text) == ["x.png"]
-    assert [link for link in ["figures/a.png", "https://x/y.svg"] if is_local(link)] == [
-        "figures/a.png"
-    ]
+    assert SHOW.findall("show_diagram('block')\nshow_diagram( \"gpt\" )") == ["block", "gpt"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_local_images_exist_and_are_small(notebook):
-    for link in filter(is_local, image_links(notebook)):
-        target = (notebook.parent / link).resolve()
-        assert target.is_file(), f"{notebook.name}: image {link!r} not found"
-        size = target.stat().st_size
-        assert size < MAX_BYTES, f"{notebook.name}: {link!r} is {size:,} bytes (max {MAX_BYTES:,})"
+def test_diagrams_exist_and_cells_store_them(notebook):
+    for name, cell in shown(notebook):
+        size = len(diagram_bytes(name))  # a ValueError names the diagrams there are
+        assert size < MAX_BYTES, f"{notebook.name}: diagram {name!r} is {size:,} bytes"
+        images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert images, f"{notebook.name}: the cell showing {name!r} has no stored picture"
 
 
-def test_every_figure_is_used():
-    """A figure that no notebook shows is a leftover (or a link that was lost)."""
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_markdown_image_links_a_local_file(notebook):
+    """Colab renders neither relative links nor attachments in markdown: use show_diagram."""
+    for cell in cells(notebook):
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"])
+            for link in MARKDOWN_IMAGE.findall(text) + HTML_IMAGE.findall(text):
+                assert re.match(r"^https://colab\.research\.google\.com/assets/", link), (
+                    f"{notebook.name}: markdown image {link!r}; show it with show_diagram"
+                )
+
+
+def test_every_diagram_is_used_in_five_notebooks():
     used = {
-        (notebook.parent / link).resolve()
-        for notebook in NOTEBOOKS
-        for link in filter(is_local, image_links(notebook))
+        name: {nb.name for nb in NOTEBOOKS if name in dict(shown(nb))} for name in diagram_names()
     }
-    unused = [p.name for p in sorted(FIGURES.glob("*.png")) if p.resolve() not in used]
-    assert not unused, f"figures no notebook links to: {unused}"
+    unused = [name for name, where in used.items() if not where]
+    assert not unused, f"diagrams no notebook shows: {unused}"
+    assert len(set().union(*used.values())) >= 5
+
+
+def test_show_diagram_gives_the_png_and_names_the_choices():
+    image = show_diagram("block")
+    assert image.data == (DIAGRAMS / "block.png").read_bytes()
+    assert image.data[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no diagram 'blocks'; there are: attention, block"):
+        diagram_bytes("blocks")

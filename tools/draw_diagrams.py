@@ -1,4 +1,4 @@
-"""Draw the course's diagrams into notebooks/figures/ as PNG files.
+"""Draw the course's diagrams into wikigpt_lib/assets/diagrams/ as PNG files.
 
     python tools/draw_diagrams.py            # all of them
     python tools/draw_diagrams.py attention  # only some, by name
@@ -25,7 +25,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 from matplotlib.textpath import TextPath
 from PIL import Image
 
-OUT_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "figures"
+OUT_DIR = Path(__file__).resolve().parent.parent / "wikigpt_lib" / "assets" / "diagrams"
 DPI = 120
 
 matplotlib.rcParams.update(
@@ -208,7 +208,7 @@ def matrix_icon(ax, x: float, y: float, values, cell: float = 0.085, masked=None
 
 
 def save(fig, name: str) -> Path:
-    """Write `fig` to notebooks/figures/<name>.png: no timestamp or software tag, and reduced
+    """Write `fig` to wikigpt_lib/assets/diagrams/<name>.png: no timestamp or software tag, and reduced
     to a 128-colour palette (Pillow, which matplotlib itself needs), which looks the same on a
     white diagram and makes the file about three times smaller."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
