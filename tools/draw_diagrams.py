@@ -26,7 +26,7 @@ from matplotlib.textpath import TextPath
 from PIL import Image
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "wikigpt_lib" / "assets" / "diagrams"
-DPI = 120
+DPI = 100
 
 matplotlib.rcParams.update(
     {
@@ -464,7 +464,8 @@ def draw_kv_cache() -> Path:
     """Prefill, then one token per step: what each call computes and what it reads back."""
     W, H = 8.8, 7.0
     fig, ax = new_figure(W, H)
-    words = ["The", "album", "was", "released", "in", "the", "album"]  # notebook 06's prompt
+    # notebook 06's prompt and the course model's first greedy tokens (its section 8 prints them)
+    words = ["The", "album", "was", "released", "in", "the", "United"]
     GX, CW = 2.55, 0.72  # x of position 0, column width
     cw, ch = 0.64, 0.26  # cell size
     col = [GX + p * CW for p in range(8)]
@@ -478,8 +479,8 @@ def draw_kv_cache() -> Path:
             4,
             "the",
         ),
-        ("step 1", "only the new token\nruns through\nthe model", 5, 5, "album"),
-        ("step 2", "only the new token\nruns through\nthe model", 6, 6, ","),
+        ("step 1", "only the new token\nruns through\nthe model", 5, 5, "United"),
+        ("step 2", "only the new token\nruns through\nthe model", 6, 6, "States"),
     ]
     row_dy = {"input": 0.0, "query": -0.45, "keys": -1.0, "values": -1.34}
     tops = [6.2 - 1.95 * k for k in range(3)]  # y of each panel's input row
