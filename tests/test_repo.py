@@ -94,3 +94,38 @@ def test_notebook_has_no_volatile_metadata(path):
             f"cell {i} has volatile metadata; run "
             f"`python tools/run_notebooks.py --clean-only {path.relative_to(ROOT)}`"
         )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_notebook_is_under_250_kb(path):
+    """Small enough to open quickly on GitHub and in Colab (figures at 80 dpi, 256 colours)."""
+    size = path.stat().st_size
+    assert size < 250_000, f"{path.name} is {size:,} bytes: shrink its figures or outputs"
+
+
+def test_small_png_keeps_the_picture_and_is_idempotent():
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(4, 2), dpi=80)
+    ax.plot(np.sin(np.linspace(0, 20, 400)), label="a sine")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", transparent=True)
+    plt.close(fig)
+    original = base64.b64encode(buffer.getvalue()).decode()
+    small = _run_notebooks().small_png(original)
+    assert len(small) < len(original)
+    before = Image.open(io.BytesIO(base64.b64decode(original)))
+    after = Image.open(io.BytesIO(base64.b64decode(small)))
+    assert after.mode == "P" and after.size == before.size
+    # transparent parts become white, not black
+    assert after.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
+    assert _run_notebooks().small_png(small) == small
