@@ -6,7 +6,8 @@ reader sees real results on GitHub, and nbval compares later runs against them.
     WIKIGPT_DATA_DIR=../shared/data/wikitext-2 TIKTOKEN_CACHE_DIR=../shared/data/tiktoken-cache \\
         python tools/run_notebooks.py notebooks/01_tokenization.ipynb solutions/01_*.ipynb
 
-`--clean-only` strips metadata without executing. `--sample` runs a copy instead, without
+`--clean-only` strips metadata without executing; `--no-write` runs and times a notebook but
+leaves the file as it is. `--sample` runs a copy instead, without
 the real data (the built-in sample corpus, as on an offline machine), and leaves the file as
 it is. Each run's total time and its time to first result (the end of the first code cell
 that shows something) are printed and, with `--times FILE`, appended to FILE as JSON lines.
@@ -86,8 +87,10 @@ def first_result_seconds(nb: nbformat.NotebookNode, start: float) -> float | Non
     return None
 
 
-def run(path: Path, timeout: int, sample: bool = False, times: Path | None = None) -> None:
-    """Execute `path` top to bottom (in place, or a throwaway copy with `sample`)."""
+def run(
+    path: Path, timeout: int, sample: bool = False, times: Path | None = None, write: bool = True
+) -> None:
+    """Execute `path` top to bottom (in place, or a throwaway copy with `sample` or not `write`)."""
     nb = nbformat.read(path, as_version=4)
     if os.environ.get("WIKIGPT_QUICK", "0") not in ("", "0"):
         sys.exit("Unset WIKIGPT_QUICK: committed outputs come from a full run.")
@@ -110,7 +113,7 @@ def run(path: Path, timeout: int, sample: bool = False, times: Path | None = Non
     first = first_result_seconds(nb, start)
     clean(nb)
     data = "the built-in sample corpus" if sample else "WikiText-2"
-    if not sample:
+    if write and not sample:
         nbformat.write(nb, path)
     size = len(nbformat.writes(nb).encode()) + 1
     print(f"{path}: ran in {seconds:.0f} s on {data}, first result after {first or 0:.1f} s, "
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--clean-only", action="store_true")
     parser.add_argument("--sample", action="store_true", help="run a copy on the sample corpus")
     parser.add_argument("--times", type=Path, help="append each run's timings to this file")
+    parser.add_argument("--no-write", action="store_true", help="time a run, keep the file")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     args = parser.parse_args()
     if not (args.clean_only or args.sample) and "WIKIGPT_DATA_DIR" not in os.environ:
@@ -144,7 +148,7 @@ def main() -> None:
             clean(nb)
             nbformat.write(nb, path)
         else:
-            run(path, args.timeout, sample=args.sample, times=args.times)
+            run(path, args.timeout, args.sample, args.times, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def course_model(
         model_config, train_config = GPTConfig.preset("tiny"), QUICK_TRAIN
         description = "a tiny model trained here for 30 steps (quick mode)"
     else:
-        model_config, train_config = train_preset("cpu-quick", progress=False)
+        # a progress bar: this takes a minute or two, and a silent cell looks like a hang
+        model_config, train_config = train_preset("cpu-quick", progress=True)
         description = (
             f"the cpu-quick preset, trained here because {run_dir} was not found: run "
             "notebook 05 (or `wikigpt train --preset cpu --out runs/cpu`) for the real one"
