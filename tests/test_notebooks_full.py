@@ -1,12 +1,13 @@
-"""A learner's Run All: the quick notebooks, top to bottom in full mode, offline, on the sample.
+"""A learner's Run All: the fast notebooks, top to bottom in full mode, offline, on the sample.
 
 nbval (the `notebooks/` and `solutions/` test items) runs every notebook in quick mode: the
 same code at smaller sizes. That cannot catch a cell that breaks only at full size, such as an
 assert that holds on WikiText-2 but not on the built-in sample corpus a fresh, offline machine
-falls back to. This test runs the notebooks that take under about a minute in full mode
-exactly as such a learner would: no WIKIGPT_QUICK, no WIKIGPT_DATA_DIR, no tiktoken files, the
-Hugging Face hub offline. The others (04-09 and their solutions, which train for minutes) are
-run in full by `tools/run_notebooks.py --sample` before their outputs are committed.
+falls back to. This test runs the notebooks (and solutions) that take under about a
+minute in full mode exactly as such a learner would: no WIKIGPT_QUICK, no WIKIGPT_DATA_DIR,
+no tiktoken files, the Hugging Face hub offline. The others (notebooks 04-09 and solutions 05-09, which train for
+minutes) are run in full by `tools/run_notebooks.py --sample` before their outputs are
+committed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 # Full-mode run times on the sample corpus, 2-core CPU, one thread (tools/run_notebooks.py
-# --sample; benchmarks/results/notebook_times.jsonl): all under 15 s.
+# --sample; benchmarks/results/notebook_times.jsonl): 5 to 32 s each.
 FAST = [
     "notebooks/01_tokenization.ipynb",
     "notebooks/02_wikitext2.ipynb",
     "notebooks/03_attention.ipynb",
+    "solutions/01_tokenization_solutions.ipynb",
+    "solutions/02_wikitext2_solutions.ipynb",
+    "solutions/03_attention_solutions.ipynb",
+    "solutions/04_gpt_solutions.ipynb",
 ]
 
 
