@@ -10,7 +10,10 @@ needs a variant, or several fresh copies, calls these functions instead:
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,3 +98,13 @@ def interrupt_at(step: int):
 def pointer(run_dir, name: str) -> dict:
     """The contents of a run folder's `latest.json` or `best.json`."""
     return json.loads((run_dir / f"{name}.json").read_text())
+
+
+@functools.cache
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package), e.g. load_tool("run_notebooks")."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,7 @@ import torch
 from helpers import make_preset_model
 
 from wikigpt_lib.checkpoint import save_checkpoint
-from wikigpt_lib.course import course_model
+from wikigpt_lib.course import course_model, will_load
 from wikigpt_lib.data import load_corpus
 from wikigpt_lib.device import QUICK_ENV
 from wikigpt_lib.model import GPTConfig
@@ -29,6 +29,7 @@ def course_run(tmp_path):
 def test_an_existing_run_is_loaded(course_run, monkeypatch):
     monkeypatch.delenv(QUICK_ENV, raising=False)
     run_dir, saved = course_run
+    assert will_load(run_dir) and not will_load(run_dir.parent / "missing")
     course = course_model(run_dir, device="cpu")
     assert course.from_checkpoint and not course.model.training
     assert (course.step, course.tokens_seen, course.best_val_loss) == (1200, 2_457_600, 4.9651)
@@ -46,6 +47,7 @@ def test_quick_mode_trains_a_tiny_stand_in_even_when_the_run_exists(
     course_run, monkeypatch, sample
 ):
     monkeypatch.setenv(QUICK_ENV, "1")
+    assert not will_load(course_run[0])
     course = course_model(course_run[0], data=sample, device="cpu")
     assert not course.from_checkpoint and "quick mode" in course.description
     assert course.step == 30 and course.tokens_seen == 30 * 8 * 32

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 # Full-mode run times on the sample corpus, 2-core CPU, one thread (tools/run_notebooks.py
@@ -35,22 +34,13 @@ FAST = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAST)
 def test_runs_in_full_mode_offline_on_the_sample_corpus(name, monkeypatch, tmp_path):
-    for var in ("WIKIGPT_QUICK", "WIKIGPT_DATA_DIR", "TIKTOKEN_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)  # the kernel inherits this environment
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # run_notebooks --sample's own environment (no quick mode, no data, hub offline), plus an
+    # empty cache and one thread, so the test does not depend on this machine's state
     monkeypatch.setenv("WIKIGPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    path = ROOT / name
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()  # a failing cell raises CellExecutionError with its traceback
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]  # fmt: skip
-    assert not errors
-    printed = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
+    # a failing cell raises CellExecutionError with its traceback
+    nb, _, _ = load_tool("run_notebooks").execute(ROOT / name, timeout=300, sample=True)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs)
     assert "sample" in printed.lower(), "the notebook did not say it fell back to the sample"

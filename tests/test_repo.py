@@ -5,8 +5,6 @@ committed notebooks carry no volatile metadata (what tools/run_notebooks.py stri
 from __future__ import annotations
 
 import copy
-import functools
-import importlib.util
 import json
 import os
 import re
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", "node_modules"}
@@ -47,15 +46,6 @@ FILES = repo_files()
 NOTEBOOKS = sorted(f for f in FILES if f.suffix == ".ipynb")
 
 
-@functools.cache
-def _run_notebooks():
-    """tools/run_notebooks.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools/run_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_notebooks_are_found():
     names = {f.relative_to(ROOT).as_posix() for f in NOTEBOOKS}
     assert {"notebooks/01_tokenization.ipynb", "solutions/09_chat_solutions.ipynb"} <= names
@@ -85,7 +75,7 @@ def test_notebook_has_no_volatile_metadata(path):
     """What tools/run_notebooks.py strips is absent: `--clean-only` would change nothing."""
     nb = nbformat.read(path, as_version=4)
     cleaned = copy.deepcopy(nb)
-    _run_notebooks().clean(cleaned)
+    load_tool("run_notebooks").clean(cleaned)
     assert nb.metadata == cleaned.metadata, (
         f"run `python tools/run_notebooks.py --clean-only {path.relative_to(ROOT)}`"
     )
@@ -121,11 +111,11 @@ def test_small_png_keeps_the_picture_and_is_idempotent():
     fig.savefig(buffer, format="png", transparent=True)
     plt.close(fig)
     original = base64.b64encode(buffer.getvalue()).decode()
-    small = _run_notebooks().small_png(original)
+    small = load_tool("run_notebooks").small_png(original)
     assert len(small) < len(original)
     before = Image.open(io.BytesIO(base64.b64decode(original)))
     after = Image.open(io.BytesIO(base64.b64decode(small)))
     assert after.mode == "P" and after.size == before.size
     # transparent parts become white, not black
     assert after.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
-    assert _run_notebooks().small_png(small) == small
+    assert load_tool("run_notebooks").small_png(small) == small

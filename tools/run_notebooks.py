@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -87,16 +89,40 @@ def first_result_seconds(nb: nbformat.NotebookNode, start: float) -> float | Non
     return None
 
 
-def run(
-    path: Path, timeout: int, sample: bool = False, times: Path | None = None, write: bool = True
-) -> None:
-    """Execute `path` top to bottom (in place, or a throwaway copy with `sample` or not `write`)."""
+# --sample: as on a fresh offline machine. A full run (no quick mode), without the real data
+# or GPT-2's tokenizer files, and the Hugging Face hub offline.
+SAMPLE_UNSET = ("WIKIGPT_QUICK", "WIKIGPT_DATA_DIR", "TIKTOKEN_CACHE_DIR")
+SAMPLE_SET = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@contextlib.contextmanager
+def kernel_environment(sample: bool) -> Iterator[None]:
+    """The environment a kernel started inside inherits: the offline one with `sample`."""
+    if not sample:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (*SAMPLE_UNSET, *SAMPLE_SET)}
+    for k in SAMPLE_UNSET:
+        os.environ.pop(k, None)
+    os.environ.update(SAMPLE_SET)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute(
+    path: Path, timeout: int, sample: bool = False
+) -> tuple[nbformat.NotebookNode, float, float | None]:
+    """Run the notebook at `path` top to bottom in a kernel started in its folder, offline on
+    the sample corpus with `sample`. Returns the executed notebook (not written anywhere), its
+    run time and its time to first result, in seconds. A failing cell raises nbclient's
+    CellExecutionError, which carries the cell's traceback."""
     nb = nbformat.read(path, as_version=4)
-    if os.environ.get("WIKIGPT_QUICK", "0") not in ("", "0"):
-        sys.exit("Unset WIKIGPT_QUICK: committed outputs come from a full run.")
-    # --sample: as on a fresh offline machine, without the data and the GPT-2 tokenizer files
-    hidden = ("WIKIGPT_DATA_DIR", "TIKTOKEN_CACHE_DIR") if sample else ()
-    env_backup = {k: os.environ.pop(k) for k in hidden if k in os.environ}
     start = time.time()
     client = NotebookClient(
         nb,
@@ -105,17 +131,25 @@ def run(
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=True,
     )
-    try:
+    with kernel_environment(sample):
         client.execute()
-    finally:
-        os.environ.update(env_backup)
-    seconds = time.time() - start
-    first = first_result_seconds(nb, start)
+    return nb, time.time() - start, first_result_seconds(nb, start)
+
+
+def run(
+    path: Path, timeout: int, sample: bool = False, times: Path | None = None, write: bool = True
+) -> None:
+    """Execute `path` and store it cleaned (unless `sample` or not `write`); print, and with
+    `times` record, its run time, time to first result and size."""
+    if not sample and os.environ.get("WIKIGPT_QUICK", "0") not in ("", "0"):
+        sys.exit("Unset WIKIGPT_QUICK: committed outputs come from a full run.")
+    nb, seconds, first = execute(path, timeout, sample)
     clean(nb)
-    data = "the built-in sample corpus" if sample else "WikiText-2"
+    text = nbformat.writes(nb) + "\n"  # as nbformat.write stores it
     if write and not sample:
-        nbformat.write(nb, path)
-    size = len(nbformat.writes(nb).encode()) + 1
+        path.write_text(text, encoding="utf-8")
+    size = len(text.encode())
+    data = "the built-in sample corpus" if sample else "WikiText-2"
     print(f"{path}: ran in {seconds:.0f} s on {data}, first result after {first or 0:.1f} s, "
           f"{size / 1e3:.0f} KB")  # fmt: skip
     if size > 250_000:

@@ -71,6 +71,12 @@ def course_run_dir(start: str | os.PathLike | None = None) -> Path:
     return root / COURSE_RUNS[0]
 
 
+def will_load(run_dir: str | os.PathLike) -> bool:
+    """Whether `course_model(run_dir)` loads that run (True) or trains a stand-in (False): it
+    loads an existing run folder, except in quick mode, where the tests train a tiny model."""
+    return Path(run_dir).is_dir() and not is_quick()
+
+
 def course_model(
     run_dir: str | os.PathLike = DEFAULT_RUN_DIR,
     *,
@@ -91,7 +97,7 @@ def course_model(
     """
     device = pick_device(device)
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and not is_quick():
+    if will_load(run_dir):
         return _load_course_run(run_dir, device)
     if data is None:
         data = load_wikitext2(fallback="sample")
